@@ -1,0 +1,56 @@
+# EMLabel developer entry points. `make serve` and `make test` are the README's two commands.
+PYTHON  ?= python3
+VENV    ?= .venv
+STUDIES ?= demo-studies
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+CONF    ?=
+PY      := $(VENV)/bin/python
+
+# Every file that defines the install; a change to any of them rebuilds the venv from scratch.
+INSTALL_FILES := requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+INSTALL_HASH  := $(shell cat $(INSTALL_FILES) | sha256sum | cut -c1-16)
+STAMP         := $(VENV)/.emlabel-install-$(INSTALL_HASH)
+
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export SAM2_BUILD_CUDA := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MONAI_LABEL_TRACKING_ENABLED := false
+
+.PHONY: install serve test lint demo bench-info clean-demo
+
+$(STAMP): $(INSTALL_FILES)
+	@echo "== installing the EMLabel stack into $(VENV) (first time: ~4-6 min, ~8 GB)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+# The editable install points at this checkout; redo it when the venv was built by another clone.
+install: $(STAMP)
+	@$(PY) -c "import pathlib, emlabel, sys; sys.exit(pathlib.Path(emlabel.__file__).resolve().parent != pathlib.Path('lib/emlabel').resolve())" 2>/dev/null \
+	  || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+demo: install
+	@test -f $(STUDIES)/emlabel_demo_manifest.json || $(VENV)/bin/emlabel demo --out $(STUDIES)
+
+serve: demo
+	@echo ""
+	@echo "== EMLabel on http://$(HOST):$(PORT)  (studies: $(STUDIES))"
+	@echo "   3D Slicer: MONAI Label module -> MONAI Label server: http://$(HOST):$(PORT) -> refresh"
+	@echo "   Browser:   http://$(HOST):$(PORT)/  (REST API docs)   http://$(HOST):$(PORT)/info/"
+	@echo ""
+	$(PY) -m monailabel.main start_server --app apps/emlabel --studies $(STUDIES) \
+	  --host $(HOST) --port $(PORT) $(CONF)
+
+lint: install
+	$(PY) -m ruff check .
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+clean-demo:
+	rm -rf $(STUDIES)
