@@ -1,0 +1,51 @@
+"""EMLabel MONAI Label app: registers the tasks; everything else lives in ``emlabel``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+import emlabel
+from emlabel.monailabel import app as base
+from emlabel.monailabel.infer import SegmentationInfer
+from emlabel.monailabel.train import SegmentationTrainer
+
+
+# MONAI Label finds the app class as the one in this file whose *direct* bases include
+# MONAILabelApp, hence the explicit second base (the MRO is unchanged).
+class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
+    """Annotation-efficient segmentation: label versions, self-correcting trainers, review."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, Any]) -> None:
+        super().__init__(
+            app_dir,
+            studies,
+            conf,
+            name="EMLabel",
+            description="Annotation-efficient segmentation with label versions and provenance",
+            version=emlabel.__version__,
+        )
+
+    def init_infers(self) -> dict[str, Any]:
+        return {
+            "segmentation": SegmentationInfer(
+                model_path=str(self.model_dir / "segmentation.pt"),
+                settings=self.settings,
+                description="3D UNet segmentation of every structure in the label map",
+            )
+        }
+
+    def init_trainers(self) -> dict[str, Any]:
+        return {
+            "segmentation": SegmentationTrainer(
+                model_path=str(self.model_dir / "segmentation.pt"),
+                settings=self.settings,
+                description="Supervised training on the best available label of each image",
+            )
+        }
+
+    def init_strategies(self) -> dict[str, Any]:
+        return {"random": Random(), "first": First()}

@@ -1,0 +1,38 @@
+"""The resolver: the single place that decides which label a trainer learns from.
+
+Order: human final > verified machine label > corrected machine label > imported label.
+Pseudo-labels are only used when asked for. Within a kind the newest version wins.
+Archived versions (replaced under their tag) are history, never candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from emlabel.labels.provenance import LabelKind
+from emlabel.labels.versions import LabelVersion
+
+KIND_RANK: dict[LabelKind, int] = {
+    LabelKind.HUMAN: 4,
+    LabelKind.VERIFIED: 3,
+    LabelKind.CORRECTED: 2,
+    LabelKind.IMPORTED: 1,
+    LabelKind.PSEUDO: 0,
+}
+
+
+def rank(version: LabelVersion) -> tuple[int, int]:
+    """Sort key: kind first, then version number."""
+    return KIND_RANK[version.kind], version.version
+
+
+def best_version(
+    versions: Iterable[LabelVersion], *, include_pseudo: bool = False
+) -> LabelVersion | None:
+    """The best available label among ``versions`` (one image), or None."""
+    candidates = [
+        v
+        for v in versions
+        if not v.provenance.archived and (include_pseudo or v.kind != LabelKind.PSEUDO)
+    ]
+    return max(candidates, key=rank, default=None)

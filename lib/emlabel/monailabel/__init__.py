@@ -1,0 +1,1 @@
+"""Adapters between MONAI Label (datastore, tasks, REST) and the EMLabel library."""

@@ -1,0 +1,149 @@
+"""Base MONAILabelApp for EMLabel: typed settings, versioned datastore, clear 4xx errors.
+
+``apps/emlabel/main.py`` subclasses this and only registers tasks. Stock MONAI Label
+answers 500 to unknown images/models/strategies and lets ``image=`` name any file on the
+server; every request entry point here checks its input first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.config import settings as ml_settings
+from monailabel.interfaces.app import MONAILabelApp
+
+from emlabel.data.validation import check_image_id
+from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
+from emlabel.monailabel.datastore import VersionedDatastore
+from emlabel.monailabel.http import http_errors, to_http
+from emlabel.settings import AppSettings, parse_settings
+
+logger = logging.getLogger(__name__)
+
+
+class EMLabelAppBase(MONAILabelApp):
+    """Parses settings once, validates every request, serves label versions."""
+
+    def __init__(
+        self,
+        app_dir: str,
+        studies: str,
+        conf: dict[str, Any] | None,
+        *,
+        name: str,
+        description: str,
+        version: str,
+    ) -> None:
+        conf = dict(conf or {})
+        try:
+            self.settings: AppSettings = parse_settings(conf, base_dir=Path(app_dir))
+        except EMLabelError as e:
+            # Fail at start with the key named (MONAI Label prints the exception).
+            raise SystemExit(f"EMLabel: bad configuration: {e.message}") from e
+        self.model_dir = Path(app_dir) / "model"
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf={k: str(v) for k, v in conf.items()},
+            name=name,
+            description=description,
+            version=version,
+            labels=list(self.settings.labels),
+        )
+
+    # ----------------------------------------------------------- datastore
+    def init_datastore(self) -> Any:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return VersionedDatastore(
+            self.studies,
+            settings=self.settings,
+            extensions=tuple(ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT),
+            auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    # ----------------------------------------------------- request checking
+    def check_name(self, kind: str, name: str | None, registry: dict[str, Any]) -> None:
+        """404 naming the valid choices when ``name`` is not registered."""
+        if not name or name not in registry:
+            valid = ", ".join(sorted(registry)) or "(none)"
+            raise NotFoundError(f"unknown {kind} '{name}'; valid choices: {valid}")
+
+    def resolve_image(self, image: Any) -> None:
+        """Accept a datastore image id, or a file the server itself staged (upload/session)."""
+        if not isinstance(image, str):
+            return
+        datastore = self.datastore()
+        if isinstance(datastore, VersionedDatastore) and not os.path.isabs(image):
+            datastore.require_image(image)
+            return
+        if os.path.isabs(image):
+            real = Path(os.path.realpath(image))
+            allowed = [Path(os.path.realpath(tempfile.gettempdir()))]
+            if not self.studies.startswith(("http://", "https://")):
+                allowed.append(Path(os.path.realpath(self.studies)))
+            if not any(real.is_relative_to(root) for root in allowed):
+                raise InvalidRequestError(
+                    f"image path {image!r} is outside the studies folder; give an image id"
+                )
+            if not real.is_file():
+                raise NotFoundError(f"image file {image!r} does not exist")
+            return
+        check_image_id(image)
+
+    def check_train_request(self, model: str | None, params: dict[str, Any] | None) -> None:
+        """Validate a train request before MONAI Label starts a training process."""
+        self.check_name("trainer", model, self._trainers)
+        trainer = self._trainers[model]
+        parse = getattr(trainer, "parse_request", None)
+        if parse is not None:
+            parse(dict(params or {}))
+
+    # ------------------------------------------------------ entry points
+    @http_errors
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        model = request.get("model")
+        self.check_name("model", model, self._infers)
+        self.resolve_image(request.get("image"))
+        task = self._infers[model]
+        is_trained = getattr(task, "is_trained", None)
+        if is_trained is not None and not is_trained():
+            raise HTTPException(
+                status_code=409,
+                detail=f"model '{model}' has not been trained yet; start training with "
+                f"POST /train/{model} (Slicer/OHIF: 'Train' / 'Update Model')",
+            )
+        return super().infer(request, datastore)
+
+    @http_errors
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.check_name("strategy", request.get("strategy") or "random", self._strategies)
+        return super().next_sample(request)
+
+    @http_errors
+    def scoring(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        self.check_name("scoring method", request.get("method"), self._scoring_methods)
+        return super().scoring(request, datastore)
+
+    @http_errors
+    def train(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.check_train_request(request.get("model"), request)
+        return super().train(request)
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        from emlabel.monailabel.routes import install_request_guards
+
+        install_request_guards()
+
+
+def as_http(error: EMLabelError) -> HTTPException:
+    """Re-exported for adapters that build their own responses."""
+    return to_http(error)

@@ -1,0 +1,297 @@
+"""MONAI Label's LocalDatastore with label versions, provenance and validation.
+
+Every label stays a MONAI Label tag with its info in ``datastore_v2.json``, so OHIF,
+Slicer and the stock endpoints keep working. On top of that:
+
+- a label saved under a tag that already holds one first archives the old label under
+  ``<tag>-vNNN``; machine code writes only fresh ``<method>-vNNN`` tags;
+- every version carries :class:`~emlabel.labels.Provenance` under ``info["emlabel"]``;
+- uploaded labels are validated against their image and the app's label map;
+- files and the JSON index are written atomically (temp file + rename), file first: a
+  crash can leave at most an orphan version tag without provenance, which is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
+
+from emlabel.atomic import atomic_copy, atomic_write_with
+from emlabel.data.validation import check_image_id, validate_label_file
+from emlabel.errors import InvalidRequestError, NotFoundError
+from emlabel.labels import (
+    LabelKind,
+    LabelVersion,
+    Provenance,
+    archive_tag,
+    best_version,
+    machine_tag,
+)
+from emlabel.labels.provenance import INFO_KEY
+from emlabel.labels.versions import FINAL_TAG, default_kind, is_valid_client_tag, is_version_tag
+from emlabel.monailabel.http import http_errors
+from emlabel.settings import AppSettings
+
+logger = logging.getLogger(__name__)
+
+TMP_DIR_NAME = ".emlabel-tmp"
+
+
+class VersionedDatastore(LocalDatastore):
+    """LocalDatastore that keeps every label version and refuses bad labels."""
+
+    def __init__(
+        self,
+        studies: str,
+        *,
+        settings: AppSettings,
+        extensions: tuple[str, ...] = ("*.nii.gz", "*.nii", "*.nrrd"),
+        auto_reload: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        self._settings = settings
+        self._tmp_dir = Path(studies) / TMP_DIR_NAME
+        super().__init__(
+            studies, extensions=extensions, auto_reload=auto_reload, read_only=read_only
+        )
+
+    # ------------------------------------------------------------------ reads
+    def require_image(self, image_id: str) -> str:
+        """The image's file path; 400 for path-like ids, 404 for unknown ones."""
+        check_image_id(image_id)
+        self._init_from_datastore_file()
+        if image_id not in self._datastore.objects:
+            raise NotFoundError(f"image '{image_id}' is not in the studies folder")
+        return LocalDatastore.get_image_uri(self, image_id)
+
+    def versions(self, image_id: str) -> list[LabelVersion]:
+        """Every label version of an image, oldest first (orphaned writes left out)."""
+        self._init_from_datastore_file()
+        return self._versions_loaded(image_id)
+
+    def _versions_loaded(self, image_id: str) -> list[LabelVersion]:
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return []
+        found = []
+        for tag, model in obj.labels.items():
+            provenance = Provenance.from_info(model.info)
+            if provenance is None:
+                if is_version_tag(tag):
+                    logger.warning("ignoring %s/%s: version tag without provenance", tag, image_id)
+                    continue
+                provenance = Provenance(kind=default_kind(tag), source="unknown", version=0)
+            found.append(LabelVersion(image_id=image_id, tag=tag, provenance=provenance))
+        return sorted(found, key=lambda v: v.version)
+
+    def best_label(self, image_id: str, *, include_pseudo: bool = False) -> LabelVersion | None:
+        """The label a trainer should learn from (see :mod:`emlabel.labels.resolver`)."""
+        return best_version(self.versions(image_id), include_pseudo=include_pseudo)
+
+    def training_items(self, *, include_pseudo: bool = False) -> list[dict[str, Any]]:
+        """One ``{image, label, tag, kind, version}`` per image that has a usable label."""
+        items = []
+        for image_id in sorted(self.list_images()):
+            best = self.best_label(image_id, include_pseudo=include_pseudo)
+            if best is None:
+                continue
+            items.append(
+                {
+                    "id": image_id,
+                    "image": LocalDatastore.get_image_uri(self, image_id),
+                    "label": self.get_label_uri(image_id, best.tag),
+                    "tag": best.tag,
+                    "kind": str(best.kind),
+                    "version": best.version,
+                }
+            )
+        return items
+
+    def _next_version_loaded(self, image_id: str) -> int:
+        """Version number for the next label stored for this image (index already loaded)."""
+        return max((v.version for v in self._versions_loaded(image_id)), default=0) + 1
+
+    # ----------------------------------------------------------------- writes
+    def store_label(
+        self,
+        image_id: str,
+        label_file: str,
+        tag: str,
+        info: dict[str, Any] | None = None,
+        *,
+        user: str | None = None,
+    ) -> LabelVersion:
+        """Validate and store a label from a client (human ``final`` or an import)."""
+        self.check_label_file(image_id, label_file, tag)
+        kind = LabelKind.HUMAN if tag == FINAL_TAG else LabelKind.IMPORTED
+        provenance = Provenance(
+            kind=kind,
+            source="human" if kind == LabelKind.HUMAN else "import",
+            version=0,  # assigned under the lock in _store
+            parent=None,
+            user=user,
+            reason="saved by an annotator" if kind == LabelKind.HUMAN else f"imported as '{tag}'",
+        )
+        client_info = {k: v for k, v in (info or {}).items() if k != INFO_KEY}
+        return self._store(image_id, label_file, tag, provenance, client_info)
+
+    def check_label_file(self, image_id: str, label_file: str, tag: str) -> None:
+        """Raise the reason a client label cannot be stored under ``tag``; store nothing."""
+        image_path = self.require_image(image_id)
+        if not is_valid_client_tag(tag):
+            raise InvalidRequestError(
+                f"label tag {tag!r} is not allowed: use letters, digits and '_' "
+                "(tags like 'name-v001' are reserved for EMLabel's versions)"
+            )
+        validate_label_file(
+            label_file,
+            image_path,
+            num_classes=self._settings.num_classes,
+            affine_tolerance=self._settings.affine_tolerance,
+        )
+
+    def add_version(self, image_id: str, label_file: str, provenance: Provenance) -> LabelVersion:
+        """Store a machine-made label as a new version under a fresh tag."""
+        self.require_image(image_id)
+        return self._store(image_id, label_file, None, provenance, {})
+
+    def _store(
+        self,
+        image_id: str,
+        label_file: str,
+        tag: str | None,
+        provenance: Provenance,
+        client_info: dict[str, Any],
+    ) -> LabelVersion:
+        """Write one version; ``tag=None`` means a fresh machine tag."""
+        _, ext = self._to_id(os.path.basename(label_file))
+        ext = ext if ext in (".nii.gz", ".nii", ".nrrd") else ".nii.gz"
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects[image_id]
+            if tag is None:
+                version = self._next_version_loaded(image_id)
+                tag = machine_tag(provenance.source, version)
+            else:
+                old = obj.labels.get(tag)
+                if old is not None:
+                    self._archive(image_id, tag, old)
+                version = self._next_version_loaded(image_id)
+            provenance = provenance.replace(version=version)
+            dest = Path(self._datastore.label_path(tag)) / self._filename(image_id, ext)
+            atomic_write_with(lambda tmp: _copy(label_file, tmp), dest, tmp_dir=self._tmp_dir)
+            info = dict(client_info)
+            info["ts"] = int(os.path.getmtime(dest))
+            info["name"] = dest.name
+            info[INFO_KEY] = provenance.to_info()
+            obj.labels[tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        logger.info("stored %s/%s as version %d (%s)", tag, image_id, provenance.version, provenance.kind)
+        return LabelVersion(image_id=image_id, tag=tag, provenance=provenance)
+
+    def _archive(self, image_id: str, tag: str, old: DataModel) -> None:
+        """Keep the label currently under ``tag`` as ``<tag>-vNNN`` before it is replaced."""
+        old_provenance = Provenance.from_info(old.info) or Provenance(
+            kind=default_kind(tag), source="unknown", version=0
+        )
+        keep_tag = archive_tag(tag, old_provenance.version)
+        src = Path(self._datastore.label_path(tag)) / self._filename(image_id, old.ext)
+        dest = Path(self._datastore.label_path(keep_tag)) / self._filename(image_id, old.ext)
+        atomic_copy(src, dest)
+        info = dict(old.info)
+        info[INFO_KEY] = old_provenance.replace(archived=True).to_info()
+        info["name"] = dest.name
+        self._datastore.objects[image_id].labels[keep_tag] = DataModel(info=info, ext=old.ext)
+        self._update_datastore_file(lock=False)
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        with FileLock(self._lock_file):
+            try:
+                self._reload_unlocked()
+            except ValueError as e:
+                logger.error("failed to load %s: %s", self._datastore_config_path, e)
+                if throw_exception:
+                    raise
+
+    def _reload_unlocked(self) -> None:
+        """Reload the JSON index if another process changed it (caller holds the lock).
+
+        Stock MONAI Label reloads under a fresh FileLock, which cannot nest; EMLabel reloads
+        inside the lock it already holds so read-modify-write is one critical section.
+        """
+        path = self._datastore_config_path
+        if not os.path.exists(path):
+            return
+        ts = os.stat(path).st_mtime
+        if ts != self._config_ts:
+            with open(path) as fh:
+                self._datastore = LocalDatastoreModel.model_validate_json(fh.read())
+            self._datastore.base_path = self._datastore_path
+            self._config_ts = ts
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write ``datastore_v2.json`` atomically (stock MONAI Label truncates in place)."""
+
+        def write() -> None:
+            self._ignore_event_config = True
+            data = self._datastore.model_dump_json(exclude={"base_path"}, indent=2)
+            atomic_write_with(
+                lambda tmp: tmp.write_text(data), self._datastore_config_path, tmp_dir=self._tmp_dir
+            )
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    # ------------------------------------------- stock API, with clear errors
+    @http_errors
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
+    ) -> str:
+        """``PUT /datastore/label``: validated, versioned store (4xx on bad input)."""
+        info = dict(label_info or {})
+        user = info.pop("user", None)
+        self.store_label(image_id, label_filename, label_tag, info, user=user)
+        return image_id
+
+    @http_errors
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        self.require_image(image_id)
+        return super().get_image_info(image_id)
+
+    @http_errors
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        self.require_image(image_id)
+        return super().update_image_info(image_id, info)
+
+    @http_errors
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        self.require_image(label_id)
+        if not self._datastore.label(label_id, label_tag):
+            raise NotFoundError(f"image '{label_id}' has no label tagged '{label_tag}'")
+        return super().get_label_info(label_id, label_tag)
+
+    @http_errors
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        self.require_image(label_id)
+        if not self._datastore.label(label_id, label_tag):
+            raise NotFoundError(f"image '{label_id}' has no label tagged '{label_tag}'")
+        if INFO_KEY in info:
+            raise InvalidRequestError(f"label info key '{INFO_KEY}' is written by EMLabel only")
+        return super().update_label_info(label_id, label_tag, info)
+
+
+def _copy(src: str, dest: Path) -> None:
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())

@@ -1,0 +1,69 @@
+"""Infer task ``segmentation``: the 3D UNet over sliding windows, on CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from monai import transforms as mt
+from monai.inferers import Inferer, SlidingWindowInferer
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.post import Restored
+
+from emlabel.nets import build_unet
+from emlabel.settings import AppSettings
+from emlabel.transforms import load_and_normalise
+
+
+class SegmentationInfer(BasicInferTask):
+    """Multi-structure segmentation; the output is restored to the input image's grid."""
+
+    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
+        self._settings = settings
+        super().__init__(
+            path=model_path,
+            network=build_unet(
+                spatial_dims=3,
+                out_channels=settings.num_classes,
+                channels=settings.network_channels,
+                num_res_units=settings.num_res_units,
+            ),
+            type=InferType.SEGMENTATION,
+            labels=list(settings.labels),
+            dimension=3,
+            description=description,
+            roi_size=settings.roi_size,
+            config={"device": "cpu"},
+        )
+
+    def is_trained(self) -> bool:
+        """True once a trained model file exists; the app refuses infer (409) before that."""
+        return self.get_path(validate=True) is not None
+
+    def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return load_and_normalise(self._settings, ("image",))
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> Any:
+        # MONAI 1.6's Spacingd calls .update() on every "image_*" key, including the
+        # "image_path" string MONAI Label adds; hide it during the pre-transforms.
+        image_path = data.pop("image_path", None)
+        data = super().run_pre_transforms(data, transforms)
+        if image_path is not None:
+            data["image_path"] = image_path
+        return data
+
+    def inferer(self, data: Any = None) -> Inferer:
+        return SlidingWindowInferer(
+            roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
+        )
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return [
+            mt.EnsureTyped(keys="pred", device="cpu"),
+            mt.Activationsd(keys="pred", softmax=True),
+            mt.AsDiscreted(keys="pred", argmax=True),
+            mt.SqueezeDimd(keys="pred", dim=0),
+            mt.ToNumpyd(keys="pred"),
+            Restored(keys="pred", ref_image="image", invert_orient=True),
+        ]

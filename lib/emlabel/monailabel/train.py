@@ -1,0 +1,159 @@
+"""Train task ``segmentation``: supervised training on the resolver's best labels.
+
+MONAI Label's BasicTrainTask is built around ignite handlers and the stock ``final``-only
+datalist; EMLabel needs the label resolver, atomic publishing and its own stats file, so
+this adapter is a thin TrainTask over :func:`emlabel.training.supervised.train_supervised`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.tasks.train import TrainTask
+
+from emlabel.atomic import atomic_write_json
+from emlabel.checkpoints import publish_checkpoint
+from emlabel.errors import InvalidRequestError
+from emlabel.labels.provenance import now_iso
+from emlabel.monailabel.datastore import VersionedDatastore
+from emlabel.nets import build_unet
+from emlabel.settings import AppSettings, parse_settings
+from emlabel.training.supervised import EpochStats, split_items, train_supervised
+
+logger = logging.getLogger(__name__)
+
+# Request keys MONAI Label or its clients add to every train request; not settings.
+REQUEST_PASSTHROUGH = frozenset(
+    {"model", "local_rank", "device", "bundle_path", "client_id", "name", "multi_gpu", "gpus"}
+)
+
+
+class SegmentationTrainer(TrainTask):
+    """Trains the UNet that the ``segmentation`` infer task serves."""
+
+    #: Settings a train request may override (e.g. ``{"max_epochs": 1}``).
+    REQUEST_KEYS: tuple[str, ...] = (
+        "max_epochs",
+        "train_batch_size",
+        "learning_rate",
+        "val_fraction",
+        "seed",
+    )
+
+    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
+        super().__init__(description)
+        self._settings = settings
+        self.model_path = Path(model_path)
+        self.stats_path = self.model_path.with_suffix(".train_stats.json")
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self._settings, k) for k in self.REQUEST_KEYS}
+
+    def parse_request(self, request: dict[str, Any]) -> AppSettings:
+        """Settings for one run: the app's, overridden by the request's allowed keys."""
+        overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
+        unknown = sorted(set(overrides) - set(self.REQUEST_KEYS))
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown train option(s) {unknown}; valid: {', '.join(self.REQUEST_KEYS)}"
+            )
+        base = {
+            f.name: getattr(self._settings, f.name) for f in dataclasses.fields(AppSettings)
+        }
+        base.update(overrides)
+        try:
+            return parse_settings(base)
+        except Exception as e:
+            raise InvalidRequestError(f"bad train option: {e}") from e
+
+    def stats(self) -> dict[str, Any]:
+        if not self.stats_path.exists():
+            return {}
+        try:
+            return json.loads(self.stats_path.read_text())
+        except json.JSONDecodeError:
+            return {}
+
+    def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
+        settings = self.parse_request(request)
+        items = datastore.training_items()
+        train_items, val_items = split_items(
+            items, val_fraction=settings.val_fraction, seed=settings.seed
+        )
+        logger.info("training on %d images, validating on %d", len(train_items), len(val_items))
+        network = build_unet(
+            spatial_dims=3,
+            out_channels=settings.num_classes,
+            channels=settings.network_channels,
+            num_res_units=settings.num_res_units,
+        )
+        started = now_iso()
+        history: list[dict[str, Any]] = []
+
+        def on_epoch(stats: EpochStats) -> None:
+            history.append(stats.as_dict())
+            self._write_stats(settings, started, items, history, state="RUNNING")
+
+        result = train_supervised(
+            network,
+            train_items,
+            val_items,
+            settings=settings,
+            max_epochs=settings.max_epochs,
+            on_epoch=on_epoch,
+        )
+        meta = {
+            "method": "segmentation",
+            "labels": list(settings.labels),
+            "best_epoch": result.best_epoch,
+            "best_val_dice": result.best_val_dice,
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(),
+            "label_sources": _label_sources(items),
+            "train_ids": result.train_ids,
+            "val_ids": result.val_ids,
+        }
+        checksum = publish_checkpoint(self.model_path, result.state_dict, meta)
+        summary = self._write_stats(
+            settings, started, items, history, state="DONE", checksum=checksum, result=meta
+        )
+        return summary
+
+    def _write_stats(
+        self,
+        settings: AppSettings,
+        started: str,
+        items: list[dict[str, Any]],
+        history: list[dict[str, Any]],
+        *,
+        state: str,
+        checksum: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        last = history[-1] if history else {}
+        stats = {
+            "state": state,
+            "start_ts": started,
+            "total_time": sum(h["seconds"] for h in history),
+            "epochs": len(history),
+            "max_epochs": settings.max_epochs,
+            "train_loss": last.get("train_loss"),
+            "best_metric": (result or {}).get("best_val_dice"),
+            "label_sources": _label_sources(items),
+            "model_sha256": checksum,
+            "history": history,
+        }
+        atomic_write_json(stats, self.stats_path)
+        return stats
+
+
+def _label_sources(items: list[dict[str, Any]]) -> dict[str, int]:
+    """How many training labels came from each kind (human, corrected, imported, ...)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+    return counts

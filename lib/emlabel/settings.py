@@ -1,0 +1,191 @@
+"""Typed application settings, parsed once from ``--conf`` values and a JSON config file.
+
+MONAI Label hands an app its ``--conf key value`` pairs as strings. EMLabel converts them
+here, once, into :class:`AppSettings`; the rest of the code only sees typed fields. An
+unknown key or a bad value fails at start with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from emlabel.errors import SettingsError
+
+DEMO_LABELS: tuple[str, ...] = ("liver", "spleen", "kidney", "aorta", "adrenal", "lesion")
+
+# Keys MONAI Label itself (or its stock clients) may pass in ``conf``; accepted and ignored.
+MONAI_LABEL_KEYS: frozenset[str] = frozenset({"server_mode", "preload", "models"})
+
+# The ``--conf`` key that names a JSON file of settings (``--conf`` values override it).
+CONFIG_FILE_KEY = "config"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AppSettings:
+    """Every setting of the EMLabel app, with its default (see ``sample-config.json``)."""
+
+    labels: tuple[str, ...] = DEMO_LABELS
+    """Foreground structure names; a structure's label value is its position + 1 (0 = background)."""
+    target_spacing: tuple[float, ...] = (1.6, 1.6, 2.5)
+    """Voxel spacing (mm) images are resampled to before the network sees them."""
+    intensity_window: tuple[float, ...] = (-200.0, 300.0)
+    """HU range mapped to [0, 1] (values outside are clipped)."""
+    roi_size: tuple[int, ...] = (64, 64, 48)
+    """Training patch and sliding-window size, in voxels at ``target_spacing``."""
+    network_channels: tuple[int, ...] = (16, 32, 64, 128)
+    """UNet feature channels per level (each level halves the resolution)."""
+    num_res_units: int = 1
+    """Residual units per UNet block."""
+    max_epochs: int = 50
+    """Training epochs of the ``segmentation`` trainer."""
+    train_batch_size: int = 2
+    """Volumes per training batch."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    val_fraction: float = 0.2
+    """Fraction of labeled images held out for validation (at least one when possible)."""
+    seed: int = 0
+    """Seed for data splits, weight initialisation and augmentation."""
+    affine_tolerance: float = 1e-2
+    """Largest difference (mm, per affine entry) between a label's and its image's geometry."""
+    sw_overlap: float = 0.25
+    """Sliding-window inference overlap."""
+    num_threads: int = 0
+    """Torch CPU threads for training and inference (0 = torch's default)."""
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of a segmentation network: background + structures."""
+        return len(self.labels) + 1
+
+    @property
+    def label_map(self) -> dict[str, int]:
+        """Structure name -> label value (background excluded)."""
+        return {name: i + 1 for i, name in enumerate(self.labels)}
+
+    def validate(self) -> None:
+        """Check value ranges that types alone do not express."""
+        checks = {
+            "labels": len(self.labels) > 0 and len(set(self.labels)) == len(self.labels),
+            "target_spacing": len(self.target_spacing) == 3 and min(self.target_spacing) > 0,
+            "intensity_window": len(self.intensity_window) == 2
+            and self.intensity_window[0] < self.intensity_window[1],
+            "roi_size": len(self.roi_size) == 3 and min(self.roi_size) >= 16,
+            "network_channels": len(self.network_channels) >= 2 and min(self.network_channels) > 0,
+            "num_res_units": self.num_res_units >= 0,
+            "max_epochs": self.max_epochs >= 1,
+            "train_batch_size": self.train_batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "val_fraction": 0 <= self.val_fraction < 1,
+            "affine_tolerance": self.affine_tolerance >= 0,
+            "sw_overlap": 0 <= self.sw_overlap < 1,
+            "num_threads": self.num_threads >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise SettingsError(f"setting '{key}' has an invalid value: {getattr(self, key)!r}")
+
+
+def setting_names() -> list[str]:
+    """Names of every setting, in declaration order."""
+    return [f.name for f in dataclasses.fields(AppSettings)]
+
+
+def parse_settings(conf: Mapping[str, Any] | None = None, *, base_dir: Path | None = None) -> AppSettings:
+    """Build :class:`AppSettings` from ``conf`` (strings or JSON values).
+
+    ``conf[CONFIG_FILE_KEY]`` may name a JSON file of settings; the other ``conf``
+    entries override it. Raises :class:`SettingsError` naming the offending key.
+    """
+    conf = dict(conf or {})
+    values: dict[str, Any] = {}
+    config_file = conf.pop(CONFIG_FILE_KEY, None)
+    if config_file:
+        values.update(read_config_file(Path(config_file), base_dir=base_dir))
+    values.update({k: v for k, v in conf.items() if k not in MONAI_LABEL_KEYS})
+
+    hints = typing.get_type_hints(AppSettings)
+    known = setting_names()
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in hints or key not in known:
+            raise SettingsError(f"unknown setting '{key}'; valid settings: {', '.join(known)}")
+        kwargs[key] = _convert(key, raw, hints[key])
+    settings = AppSettings(**kwargs)
+    settings.validate()
+    return settings
+
+
+def read_config_file(path: Path, *, base_dir: Path | None = None) -> dict[str, Any]:
+    """Read a JSON settings file; keys starting with ``_`` are comments."""
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = base_dir / path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise SettingsError(f"setting '{CONFIG_FILE_KEY}': file not found: {path}") from e
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"setting '{CONFIG_FILE_KEY}': {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise SettingsError(f"setting '{CONFIG_FILE_KEY}': {path} must hold a JSON object")
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _convert(key: str, raw: Any, hint: Any) -> Any:
+    """Convert one raw value (string from ``--conf`` or JSON value) to the field's type."""
+    try:
+        origin = typing.get_origin(hint)
+        if origin is tuple:
+            item_type = typing.get_args(hint)[0]
+            items = _as_list(raw)
+            return tuple(_scalar(item, item_type) for item in items)
+        if origin in (typing.Union, types.UnionType):
+            raise TypeError("union settings are not supported")
+        return _scalar(raw, hint)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(f"setting '{key}' has a bad value {raw!r}: {e}") from e
+
+
+def _as_list(raw: Any) -> list[Any]:
+    if isinstance(raw, list | tuple):
+        return list(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            parsed = json.loads(text)
+            if not isinstance(parsed, list):
+                raise ValueError("expected a list")
+            return parsed
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise TypeError(f"expected a list or comma-separated string, got {type(raw).__name__}")
+
+
+def _scalar(raw: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if kind is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("expected an integer")
+        return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        return float(raw)
+    if kind is str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError("expected a non-empty string")
+        return raw.strip()
+    raise TypeError(f"unsupported setting type {kind}")

@@ -1,0 +1,1 @@
+"""Training loops (plain PyTorch/MONAI, no server)."""

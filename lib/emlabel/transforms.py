@@ -1,0 +1,50 @@
+"""The MONAI transform chains shared by training and inference.
+
+Training and inference must see images the same way (orientation, spacing, intensity
+window); both chains are built here from the app settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai import transforms as mt
+
+from emlabel.settings import AppSettings
+
+
+def load_and_normalise(settings: AppSettings, keys: Sequence[str]) -> list[mt.Transform]:
+    """Read, RAS-orient, resample to ``target_spacing`` and window intensities to [0, 1]."""
+    keys = tuple(keys)
+    modes = tuple("bilinear" if k == "image" else "nearest" for k in keys)
+    low, high = settings.intensity_window
+    return [
+        mt.LoadImaged(keys=keys, image_only=False),
+        mt.EnsureChannelFirstd(keys=keys),
+        mt.Orientationd(keys=keys, axcodes="RAS"),
+        mt.Spacingd(keys=keys, pixdim=settings.target_spacing, mode=modes),
+        mt.ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+        mt.EnsureTyped(keys=keys),
+    ]
+
+
+def train_augmentation(settings: AppSettings) -> list[mt.Transform]:
+    """Random patch of ``roi_size`` plus flips and mild intensity changes."""
+    keys = ("image", "label")
+    return [
+        mt.SpatialPadd(keys=keys, spatial_size=settings.roi_size),
+        mt.RandSpatialCropd(keys=keys, roi_size=settings.roi_size, random_size=False),
+        mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        mt.RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+    ]
+
+
+def train_chain(settings: AppSettings) -> mt.Compose:
+    """Everything a training item goes through."""
+    return mt.Compose(load_and_normalise(settings, ("image", "label")) + train_augmentation(settings))
+
+
+def eval_chain(settings: AppSettings) -> mt.Compose:
+    """Deterministic chain for validation items (whole volumes)."""
+    return mt.Compose(load_and_normalise(settings, ("image", "label")))
