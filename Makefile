@@ -34,7 +34,7 @@ install: $(STAMP)
 	  || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 demo: install
-	@test -f $(STUDIES)/emlabel_demo_manifest.json || $(VENV)/bin/emlabel demo --out $(STUDIES)
+	@test -f $(STUDIES)/emlabel_demo/manifest.json || $(VENV)/bin/emlabel demo --out $(STUDIES)
 
 serve: demo
 	@echo ""

@@ -1,0 +1,71 @@
+"""Hyper-parameters of AIDE (cross-model label self-correction), with the spec's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AIDEOptions:
+    """Every AIDE hyper-parameter (``/work/shared/specs/aide.md``); defaults are the spec's."""
+
+    batch_size: int = 4
+    """Items per training batch (incomplete last batch dropped)."""
+    k_augment: int = 4
+    """K, augmented copies per image used to build the consistency target."""
+    max_rotation_deg: float = 60.0
+    """Rotation angle of an augmented copy is drawn from U(-max, max) degrees (in-plane)."""
+    flip_prob: float = 0.5
+    """Probability of a horizontal flip of an augmented copy."""
+    sharpen_temperature: float = 1.0
+    """T of the sharpening q^(1/T) / sum_c q^(1/T) of the consistency target; 1 = none."""
+    filter_ratio: float = 0.5
+    """Fraction of each batch treated as clean (smallest counterpart loss); the rest is noisy."""
+    consistency_weight: float = 10.0
+    """Weight of the consistency term (multiplied by the ramp r(e))."""
+    warmup_epochs: int = 20
+    """E_w: epochs of the quadratic ramp; labels are corrected after every epoch <= E_w."""
+    correction_every: int = 10
+    """After the warm-up, labels are corrected at the end of every epoch divisible by this."""
+    correction_fraction: float = 0.25
+    """Fraction of the training items (lowest Dice first) whose label a correction replaces."""
+    learning_rate: float = 1e-4
+    """Adam (amsgrad) learning rate of each network."""
+    lr_step: int = 30
+    """StepLR step size, in epochs."""
+    lr_gamma: float = 0.5
+    """StepLR decay factor."""
+    max_epochs: int = 100
+    """Training epochs of :meth:`AIDETrainer.fit` when none are given."""
+    keep_largest_component: bool = False
+    """Keep only the largest connected component of a prediction before it replaces a label."""
+    seed: int = 0
+    """Seed of the weight initialisation, the batch order and the augmentation."""
+
+    def validate(self) -> None:
+        """Check value ranges; raises ``ValueError`` naming the first offending field."""
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "k_augment": self.k_augment >= 1,
+            "max_rotation_deg": math.isfinite(self.max_rotation_deg)
+            and 0.0 <= self.max_rotation_deg <= 180.0,
+            "flip_prob": 0.0 <= self.flip_prob <= 1.0,
+            "sharpen_temperature": math.isfinite(self.sharpen_temperature)
+            and self.sharpen_temperature > 0.0,
+            "filter_ratio": 0.0 <= self.filter_ratio <= 1.0,
+            "consistency_weight": math.isfinite(self.consistency_weight)
+            and self.consistency_weight >= 0.0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "correction_every": self.correction_every >= 1,
+            "correction_fraction": 0.0 <= self.correction_fraction <= 1.0,
+            "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate > 0.0,
+            "lr_step": self.lr_step >= 1,
+            "lr_gamma": 0.0 < self.lr_gamma <= 1.0,
+            "max_epochs": self.max_epochs >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"AIDE option '{name}' has an invalid value: {getattr(self, name)!r}"
+                )
