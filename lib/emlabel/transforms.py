@@ -48,3 +48,22 @@ def train_chain(settings: AppSettings) -> mt.Compose:
 def eval_chain(settings: AppSettings) -> mt.Compose:
     """Deterministic chain for validation items (whole volumes)."""
     return mt.Compose(load_and_normalise(settings, ("image", "label")))
+
+
+def inference_postprocessing(preprocessing: mt.Compose) -> list[mt.Transform]:
+    """Softmax, back onto the input image's grid (MONAI's exact inverse), then argmax.
+
+    ``preprocessing`` must be the Compose instance that prepared ``image``. Exported bundles
+    use the same chain, so server and bundle give the same labels.
+    """
+    return [
+        mt.Activationsd(keys="pred", softmax=True),
+        mt.Invertd(
+            keys="pred",
+            transform=preprocessing,
+            orig_keys="image",
+            nearest_interp=False,
+            to_tensor=True,
+        ),
+        mt.AsDiscreted(keys="pred", argmax=True),
+    ]

@@ -20,6 +20,7 @@ APP_MAIN = REPO / "apps" / "emlabel" / "main.py"
 # Small, fast settings for tests (CPU, 2 cores).
 TINY_CONF: dict[str, str] = {
     "roi_size": "32,32,32",
+    "target_spacing": "2.0,2.0,3.0",  # not the demo spacing: infer must resample back
     "network_channels": "8,16,32",
     "num_res_units": "0",
     "max_epochs": "1",

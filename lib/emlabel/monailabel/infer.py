@@ -9,11 +9,12 @@ from monai import transforms as mt
 from monai.inferers import Inferer, SlidingWindowInferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-from monailabel.transform.post import Restored
 
 from emlabel.nets import build_unet
 from emlabel.settings import AppSettings
-from emlabel.transforms import load_and_normalise
+from emlabel.transforms import inference_postprocessing, load_and_normalise
+
+PRE_TRANSFORMS_KEY = "emlabel_pre_transforms"
 
 
 class SegmentationInfer(BasicInferTask):
@@ -34,7 +35,7 @@ class SegmentationInfer(BasicInferTask):
             dimension=3,
             description=description,
             roi_size=settings.roi_size,
-            config={"device": "cpu"},
+            config={"device": "cpu", "result_dtype": "uint8"},
         )
 
     def is_trained(self) -> bool:
@@ -45,10 +46,14 @@ class SegmentationInfer(BasicInferTask):
         return load_and_normalise(self._settings, ("image",))
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> Any:
+        # Run as one Compose and keep it: Invertd in the post-transforms undoes exactly these
+        # (the same MONAI inversion an exported bundle uses, so both give the same labels).
         # MONAI 1.6's Spacingd calls .update() on every "image_*" key, including the
-        # "image_path" string MONAI Label adds; hide it during the pre-transforms.
+        # "image_path" string MONAI Label adds; hide it while the chain runs.
         image_path = data.pop("image_path", None)
-        data = super().run_pre_transforms(data, transforms)
+        compose = mt.Compose(list(transforms))
+        data = compose(data)
+        data[PRE_TRANSFORMS_KEY] = compose
         if image_path is not None:
             data["image_path"] = image_path
         return data
@@ -61,9 +66,6 @@ class SegmentationInfer(BasicInferTask):
     def post_transforms(self, data: Any = None) -> Sequence[Callable]:
         return [
             mt.EnsureTyped(keys="pred", device="cpu"),
-            mt.Activationsd(keys="pred", softmax=True),
-            mt.AsDiscreted(keys="pred", argmax=True),
+            *inference_postprocessing(data[PRE_TRANSFORMS_KEY]),
             mt.SqueezeDimd(keys="pred", dim=0),
-            mt.ToNumpyd(keys="pred"),
-            Restored(keys="pred", ref_image="image", invert_orient=True),
-        ]
+        ]  # pred stays a MetaTensor: MONAI Label's writer takes the affine from it

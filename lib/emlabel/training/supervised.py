@@ -136,7 +136,9 @@ def validate(
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     to_pred = AsDiscrete(argmax=True, to_onehot=settings.num_classes)
     to_label = AsDiscrete(to_onehot=settings.num_classes)
+    present: set[int] = set()
     for item in DataLoader(dataset, batch_size=1, num_workers=0):
+        present.update(int(v) for v in torch.unique(item["label"]))
         logits = sliding_window_inference(
             item["image"].to(device),
             roi_size=settings.roi_size,
@@ -148,6 +150,9 @@ def validate(
         labels = [to_label(x) for x in decollate_batch(item["label"].to(device))]
         metric(y_pred=preds, y=labels)
     values = metric.aggregate().tolist()
+    # Structures absent from every validation label have no Dice; leave them out.
     return {
-        name: float(v) for name, v in zip(settings.labels, values, strict=True) if v == v
-    }  # NaN (structure absent everywhere) left out
+        name: float(v)
+        for value, (name, v) in enumerate(zip(settings.labels, values, strict=True), start=1)
+        if value in present
+    }
