@@ -77,3 +77,10 @@ def test_missing_or_broken_config_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(SettingsError, match="not valid JSON"):
         parse_settings({"config": str(bad)})
+
+
+def test_settings_round_trip_through_a_dict():
+    from emlabel.settings import settings_to_dict
+
+    s = parse_settings({"roi_size": "32,32,16", "labels": "a,b"})
+    assert parse_settings(settings_to_dict(s)) == s

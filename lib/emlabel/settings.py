@@ -92,6 +92,14 @@ class AppSettings:
                 raise SettingsError(f"setting '{key}' has an invalid value: {getattr(self, key)!r}")
 
 
+def settings_to_dict(settings: AppSettings) -> dict[str, Any]:
+    """JSON-able dict that :func:`parse_settings` turns back into the same settings."""
+    return {
+        f.name: list(value) if isinstance(value := getattr(settings, f.name), tuple) else value
+        for f in dataclasses.fields(AppSettings)
+    }
+
+
 def setting_names() -> list[str]:
     """Names of every setting, in declaration order."""
     return [f.name for f in dataclasses.fields(AppSettings)]

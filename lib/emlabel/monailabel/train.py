@@ -22,7 +22,7 @@ from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.nets import build_unet
-from emlabel.settings import AppSettings, parse_settings
+from emlabel.settings import AppSettings, parse_settings, settings_to_dict
 from emlabel.training.supervised import EpochStats, split_items, train_supervised
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class SegmentationTrainer(TrainTask):
         meta = {
             "method": "segmentation",
             "labels": list(settings.labels),
+            "settings": settings_to_dict(settings),
             "best_epoch": result.best_epoch,
             "best_val_dice": result.best_val_dice,
             "trained_at": dt.datetime.now(dt.UTC).isoformat(),

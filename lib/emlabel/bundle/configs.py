@@ -1,0 +1,136 @@
+"""``configs/inference.json`` of an exported bundle, in MONAI's bundle config syntax.
+
+The chain mirrors the server's ``segmentation`` infer task (same preprocessing, sliding
+window, softmax, MONAI's inverse of the preprocessing, argmax), so ``python -m monai.bundle
+run`` gives the same labels as the server. Only MONAI components are referenced: the bundle
+runs where MONAI is installed, without EMLabel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emlabel.settings import AppSettings
+
+
+def unet_network_def(settings: AppSettings) -> dict[str, Any]:
+    """MONAI UNet as the ``segmentation`` trainer builds it (see emlabel.nets.build_unet)."""
+    channels = list(settings.network_channels)
+    return {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": settings.num_classes,
+        "channels": channels,
+        "strides": [2] * (len(channels) - 1),
+        "num_res_units": settings.num_res_units,
+    }
+
+
+def preprocessing(settings: AppSettings) -> list[dict[str, Any]]:
+    """Same steps as :func:`emlabel.transforms.load_and_normalise` for the image key."""
+    low, high = settings.intensity_window
+    return [
+        {"_target_": "LoadImaged", "keys": "image", "image_only": False},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {
+            "_target_": "Spacingd",
+            "keys": "image",
+            "pixdim": list(settings.target_spacing),
+            "mode": "bilinear",
+        },
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": low,
+            "a_max": high,
+            "b_min": 0.0,
+            "b_max": 1.0,
+            "clip": True,
+        },
+        {"_target_": "EnsureTyped", "keys": "image"},
+    ]
+
+
+def postprocessing() -> list[dict[str, Any]]:
+    """Same steps as :func:`emlabel.transforms.inference_postprocessing`, then save."""
+    return [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "image",
+            "nearest_interp": False,
+            "to_tensor": True,
+        },
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {
+            "_target_": "SaveImaged",
+            "keys": "pred",
+            "output_dir": "@output_dir",
+            "output_postfix": "seg",
+            "output_dtype": "$numpy.uint8",
+            "resample": False,
+            "separate_folder": False,
+            "print_log": False,
+        },
+    ]
+
+
+def inference_config(settings: AppSettings, network_def: dict[str, Any]) -> dict[str, Any]:
+    """The whole inference.json: run it with ``--dataset_dir DIR --output_dir OUT``."""
+    return {
+        "imports": ["$import glob", "$import os", "$import numpy"],
+        "bundle_root": ".",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "output_dir": "$@bundle_root + '/eval'",
+        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii.gz')) "
+        "+ glob.glob(os.path.join(@dataset_dir, '*.nii')) "
+        "+ glob.glob(os.path.join(@dataset_dir, '*.nrrd')))",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": network_def,
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing(settings)},
+        "dataset": {
+            "_target_": "Dataset",
+            "data": "$[{'image': i} for i in @datalist]",
+            "transform": "@preprocessing",
+        },
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": list(settings.roi_size),
+            "sw_batch_size": 1,
+            "overlap": settings.sw_overlap,
+        },
+        "postprocessing": {"_target_": "Compose", "transforms": postprocessing()},
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "$@bundle_root + '/models/model.pt'",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
+        "initialize": [],
+        "run": ["$@evaluator.run()"],
+    }
