@@ -30,13 +30,14 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, Any]:
-        return {
+        infers = {
             "segmentation": SegmentationInfer(
                 model_path=str(self.model_dir / "segmentation.pt"),
                 settings=self.settings,
                 description="3D UNet segmentation of every structure in the label map",
             )
         }
+        return infers | self.bundle_infers(taken=set(infers))
 
     def init_trainers(self) -> dict[str, Any]:
         return {

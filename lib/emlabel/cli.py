@@ -95,6 +95,23 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    from emlabel.bundle import export_bundle
+
+    checkpoint = Path(args.app_dir) / "model" / f"{args.model}.pt"
+    if not checkpoint.is_file():
+        known = sorted(p.stem for p in (Path(args.app_dir) / "model").glob("*.pt"))
+        raise EMLabelError(
+            f"no trained model '{args.model}' in {checkpoint.parent}; trained models: "
+            f"{', '.join(known) or '(none)'}"
+        )
+    out = export_bundle(
+        checkpoint=checkpoint, out_dir=args.out, schema=args.schema, overwrite=args.overwrite
+    )
+    print(f"bundle written to {out} (metadata verified against the MONAI schema)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emlabel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--user", help="who provided the labels (kept in provenance)")
     imp.add_argument("paths", nargs="+", help="label files or folders; file name = image id")
     imp.set_defaults(func=cmd_import_labels)
+
+    exp = sub.add_parser("export-bundle", help="export a trained model as a MONAI bundle")
+    exp.add_argument("--model", required=True, help="model name, e.g. segmentation")
+    exp.add_argument("--out", required=True, help="bundle folder to create")
+    exp.add_argument("--app-dir", default="apps/emlabel", help="app folder (default apps/emlabel)")
+    exp.add_argument("--schema", help="local copy of the MONAI metadata schema JSON")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    exp.set_defaults(func=cmd_export_bundle)
 
     ver = sub.add_parser("versions", help="list every label version of an image")
     ver.add_argument("--studies", required=True)

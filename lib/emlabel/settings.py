@@ -58,6 +58,8 @@ class AppSettings:
     """Sliding-window inference overlap."""
     num_threads: int = 0
     """Torch CPU threads for training and inference (0 = torch's default)."""
+    bundles: tuple[str, ...] = ()
+    """MONAI bundle folders to serve as extra infer tasks (named after the folder)."""
 
     @property
     def num_classes(self) -> int:

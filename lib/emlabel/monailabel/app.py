@@ -69,6 +69,60 @@ class EMLabelAppBase(MONAILabelApp):
             read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
+    # ------------------------------------------------------------- bundles
+    def bundle_infers(self, taken: set[str]) -> dict[str, Any]:
+        """One infer task per folder in the ``bundles`` setting (named after the folder)."""
+        from emlabel.monailabel.bundle_infer import BundleInfer
+
+        tasks: dict[str, Any] = {}
+        for folder in self.settings.bundles:
+            path = Path(folder).expanduser().resolve()
+            name = path.name
+            if not (path / "configs" / "inference.json").is_file():
+                raise SystemExit(
+                    f"EMLabel: bad configuration: setting 'bundles': {folder} is not a MONAI "
+                    "bundle (no configs/inference.json)"
+                )
+            if name in taken or name in tasks:
+                raise SystemExit(
+                    f"EMLabel: bad configuration: setting 'bundles': the name '{name}' is "
+                    "already taken; rename the bundle folder"
+                )
+            self._verify_bundle_metadata(folder, path)
+            task = BundleInfer(str(path), {k: str(v) for k, v in self.conf.items()})
+            if not task.is_valid():
+                raise SystemExit(
+                    f"EMLabel: bad configuration: setting 'bundles': {folder} has no "
+                    "models/model.pt or models/model.ts"
+                )
+            tasks[name] = task
+        return tasks
+
+    @staticmethod
+    def _verify_bundle_metadata(folder: str, path: Path) -> None:
+        """Refuse a bundle whose metadata.json breaks the MONAI schema (local copy only)."""
+        from emlabel.bundle.schema import find_schema, verify_metadata_file
+
+        schema = find_schema()
+        if schema is None:
+            logger.warning("no local MONAI bundle schema: %s served unverified", folder)
+            return
+        try:
+            verify_metadata_file(path / "configs" / "metadata.json", schema)
+        except (ValueError, OSError) as e:
+            raise SystemExit(
+                f"EMLabel: bad configuration: setting 'bundles': {folder}: "
+                f"configs/metadata.json is invalid: {e}"
+            ) from e
+
+    def model_checkpoint(self, model: str) -> Path:
+        """The trained model file behind infer task ``model`` (404 / 409 otherwise)."""
+        self.check_name("model", model, self._infers)
+        path = self._infers[model].get_path(validate=True)
+        if not path or not str(path).endswith(".pt"):
+            raise NotFoundError(f"model '{model}' has no trained EMLabel checkpoint to export")
+        return Path(path)
+
     # ----------------------------------------------------- request checking
     def check_name(self, kind: str, name: str | None, registry: dict[str, Any]) -> None:
         """404 naming the valid choices when ``name`` is not registered."""

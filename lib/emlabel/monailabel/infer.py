@@ -17,6 +17,19 @@ from emlabel.transforms import inference_postprocessing, load_and_normalise
 PRE_TRANSFORMS_KEY = "emlabel_pre_transforms"
 
 
+def run_chain_hiding_image_path(data: dict[str, Any], compose: mt.Compose) -> dict[str, Any]:
+    """Run ``compose`` on ``data`` without the ``image_path`` string MONAI Label adds.
+
+    MONAI 1.6's Spacingd calls ``.update()`` on every ``image_*`` key, which fails on that
+    string; it is hidden while the chain runs and put back for MONAI Label's writer.
+    """
+    image_path = data.pop("image_path", None)
+    data = compose(data)
+    if image_path is not None:
+        data["image_path"] = image_path
+    return data
+
+
 class SegmentationInfer(BasicInferTask):
     """Multi-structure segmentation; the output is restored to the input image's grid."""
 
@@ -48,14 +61,9 @@ class SegmentationInfer(BasicInferTask):
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> Any:
         # Run as one Compose and keep it: Invertd in the post-transforms undoes exactly these
         # (the same MONAI inversion an exported bundle uses, so both give the same labels).
-        # MONAI 1.6's Spacingd calls .update() on every "image_*" key, including the
-        # "image_path" string MONAI Label adds; hide it while the chain runs.
-        image_path = data.pop("image_path", None)
         compose = mt.Compose(list(transforms))
-        data = compose(data)
+        data = run_chain_hiding_image_path(data, compose)
         data[PRE_TRANSFORMS_KEY] = compose
-        if image_path is not None:
-            data["image_path"] = image_path
         return data
 
     def inferer(self, data: Any = None) -> Inferer:

@@ -1,4 +1,4 @@
-"""Request guards in front of stock MONAI Label routes that start background processes.
+"""EMLabel routes: request guards in front of stock routes, and bundle export.
 
 ``POST /train/{model}`` and ``POST /scoring/{method}`` hand the request to a subprocess
 before the app sees it, so an unknown trainer or a bad option would fail there, unseen.
@@ -9,9 +9,13 @@ requests go on to the stock handlers unchanged.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from fastapi import Depends
+from fastapi import BackgroundTasks, Depends
+from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints import scoring as stock_scoring
@@ -50,6 +54,22 @@ async def guarded_scoring(
     return stock_scoring.run_method(method, params, run_sync)
 
 
+def export_bundle_zip(
+    model: str,
+    background_tasks: BackgroundTasks,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+):
+    """``GET /emlabel/bundle/{model}``: the trained model as a verified MONAI bundle (zip)."""
+    from emlabel.bundle import export_bundle
+
+    checkpoint = http_errors(app_instance().model_checkpoint)(model)
+    workdir = Path(tempfile.mkdtemp(prefix="emlabel-bundle-"))
+    background_tasks.add_task(shutil.rmtree, workdir, True)
+    bundle = http_errors(export_bundle)(checkpoint=checkpoint, out_dir=workdir / model)
+    archive = shutil.make_archive(str(workdir / f"{model}_bundle"), "zip", bundle.parent, model)
+    return FileResponse(archive, media_type="application/zip", filename=f"{model}_bundle.zip")
+
+
 def install_request_guards() -> None:
     """Put the guards ahead of the stock routes (only inside a running server)."""
     module = sys.modules.get("monailabel.app")
@@ -63,6 +83,13 @@ def install_request_guards() -> None:
         APIRoute(f"{prefix}/train/{{model}}", guarded_train, methods=["POST"], name=_INSTALLED_TAG),
         APIRoute(
             f"{prefix}/scoring/{{method}}", guarded_scoring, methods=["POST"], name=_INSTALLED_TAG
+        ),
+        APIRoute(
+            f"{prefix}/emlabel/bundle/{{model}}",
+            export_bundle_zip,
+            methods=["GET"],
+            name=_INSTALLED_TAG,
+            summary="Export a trained model as a MONAI bundle (zip)",
         ),
     ]
     for route in reversed(guards):
