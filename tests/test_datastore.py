@@ -168,3 +168,30 @@ def test_import_is_all_or_nothing(store, tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(InvalidRequestError, match="not a label file"):
         plan_import([tmp_path / "x.txt"])
+
+
+def test_a_second_process_view_never_drops_versions(store, tmp_path):
+    """The server and a training process hold separate datastore objects on one folder."""
+    other = VersionedDatastore(store._datastore_path, settings=store._settings)
+    p = Provenance(kind=LabelKind.CORRECTED, source="aide", version=0)
+    store.add_version("img0", str(label_with(1, tmp_path, "x")), p)  # the trainer writes
+    other.update_image_info("img0", {"emlabel.note": "seen"})  # the server, stale until now
+    other.update_label_info("img0", "aide-v001", {"comment": "ok"})
+    fresh = VersionedDatastore(store._datastore_path, settings=store._settings)
+    assert [v.tag for v in fresh.versions("img0")] == ["aide-v001"]
+    assert fresh.get_image_info("img0")["emlabel.note"] == "seen"
+    assert other.json()["objects"]["img0"]["labels"]["aide-v001"]["info"]["comment"] == "ok"
+
+
+def test_add_image_refuses_non_images_and_duplicates(store, tmp_path):
+    text = tmp_path / "new.nii.gz"
+    text.write_text("not an image")
+    with pytest.raises(HTTPException) as e:
+        store.add_image("new", str(text), {})
+    assert e.value.status_code == 400 and "not stored" in e.value.detail
+    with pytest.raises(HTTPException) as e:
+        store.add_image("img0", str(write(tmp_path / "img0.nii.gz", np.zeros(SHAPE, np.int16))), {})
+    assert e.value.status_code == 400 and "already exists" in e.value.detail
+    good = write(tmp_path / "fresh.nii.gz", np.zeros(SHAPE, np.int16))
+    assert store.add_image("", str(good), {}) == "fresh"
+    assert "fresh" in store.list_images()

@@ -10,6 +10,7 @@ from monailabel.tasks.activelearning.random import Random
 
 import emlabel
 from emlabel.monailabel import app as base
+from emlabel.monailabel.aide import AIDEInfer, AIDETrainer3D
 from emlabel.monailabel.infer import SegmentationInfer
 from emlabel.monailabel.train import SegmentationTrainer
 
@@ -35,7 +36,12 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 model_path=str(self.model_dir / "segmentation.pt"),
                 settings=self.settings,
                 description="3D UNet segmentation of every structure in the label map",
-            )
+            ),
+            "aide": AIDEInfer(
+                model_path=str(self.model_dir / "aide.pt"),
+                settings=self.settings,
+                description="AIDE: mean of two cross-correcting UNets; reports their disagreement",
+            ),
         }
         return infers | self.bundle_infers(taken=set(infers))
 
@@ -45,7 +51,13 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 model_path=str(self.model_dir / "segmentation.pt"),
                 settings=self.settings,
                 description="Supervised training on the best available label of each image",
-            )
+            ),
+            "aide": AIDETrainer3D(
+                model_path=str(self.model_dir / "aide.pt"),
+                segmentation_model_path=str(self.model_dir / "segmentation.pt"),
+                settings=self.settings,
+                description="AIDE: two networks correct noisy labels; corrections become versions",
+            ),
         }
 
     def init_strategies(self) -> dict[str, Any]:

@@ -13,18 +13,21 @@ from monai import transforms as mt
 from emlabel.settings import AppSettings
 
 
-def load_and_normalise(settings: AppSettings, keys: Sequence[str]) -> list[mt.Transform]:
+def load_and_normalise(
+    settings: AppSettings, keys: Sequence[str], *, allow_missing_keys: bool = False
+) -> list[mt.Transform]:
     """Read, RAS-orient, resample to ``target_spacing`` and window intensities to [0, 1]."""
     keys = tuple(keys)
     modes = tuple("bilinear" if k == "image" else "nearest" for k in keys)
     low, high = settings.intensity_window
+    missing = {"allow_missing_keys": allow_missing_keys}
     return [
-        mt.LoadImaged(keys=keys, image_only=False),
-        mt.EnsureChannelFirstd(keys=keys),
-        mt.Orientationd(keys=keys, axcodes="RAS"),
-        mt.Spacingd(keys=keys, pixdim=settings.target_spacing, mode=modes),
+        mt.LoadImaged(keys=keys, image_only=False, **missing),
+        mt.EnsureChannelFirstd(keys=keys, **missing),
+        mt.Orientationd(keys=keys, axcodes="RAS", **missing),
+        mt.Spacingd(keys=keys, pixdim=settings.target_spacing, mode=modes, **missing),
         mt.ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-        mt.EnsureTyped(keys=keys),
+        mt.EnsureTyped(keys=keys, **missing),
     ]
 
 

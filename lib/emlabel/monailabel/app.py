@@ -174,7 +174,19 @@ class EMLabelAppBase(MONAILabelApp):
                 detail=f"model '{model}' has not been trained yet; start training with "
                 f"POST /train/{model} (Slicer/OHIF: 'Train' / 'Update Model')",
             )
-        return super().infer(request, datastore)
+        result = super().infer(request, datastore)
+        self._store_image_info(request.get("image"), result)
+        return result
+
+    def _store_image_info(self, image: Any, result: dict[str, Any]) -> None:
+        """Keep what an infer task reported about a datastore image (e.g. disagreement)."""
+        params = result.get("params") if isinstance(result, dict) else None
+        info = params.pop("emlabel_image_info", None) if isinstance(params, dict) else None
+        datastore = self.datastore()
+        if not info or not isinstance(image, str) or not isinstance(datastore, VersionedDatastore):
+            return
+        if image in datastore.list_images():
+            datastore.update_image_info(image, info)
 
     @http_errors
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
+from monailabel.datastore.local import (
+    DataModel,
+    ImageLabelModel,
+    LocalDatastore,
+    LocalDatastoreModel,
+)
 
 from emlabel.atomic import atomic_copy, atomic_write_with
 from emlabel.data.validation import check_image_id, validate_label_file
-from emlabel.errors import InvalidRequestError, NotFoundError
+from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.labels import (
     LabelKind,
     LabelVersion,
@@ -251,6 +256,37 @@ class VersionedDatastore(LocalDatastore):
         else:
             write()
 
+    # ------------------------------------ stock reads, always of the current index
+    # Trainers run in another process and write the index there; every read here first
+    # reloads it if it changed (one stat call), so the server never serves a stale view.
+    def json(self) -> dict[str, Any]:
+        self._init_from_datastore_file()
+        return super().json()
+
+    def status(self) -> dict[str, Any]:
+        self._init_from_datastore_file()
+        return super().status()
+
+    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
+        self._init_from_datastore_file()
+        return super().datalist(full_path)
+
+    def list_images(self) -> list[str]:
+        self._init_from_datastore_file()
+        return super().list_images()
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: Any = None) -> list[str]:
+        self._init_from_datastore_file()
+        return super().get_labeled_images(label_tag, labels)
+
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: Any = None) -> list[str]:
+        self._init_from_datastore_file()
+        return super().get_unlabeled_images(label_tag, labels)
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        self._init_from_datastore_file()
+        return super().get_label_uri(label_id, label_tag)
+
     # ------------------------------------------- stock API, with clear errors
     @http_errors
     def save_label(
@@ -269,8 +305,12 @@ class VersionedDatastore(LocalDatastore):
 
     @http_errors
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        """Merge ``info`` into the image info (read-modify-write under one lock)."""
         self.require_image(image_id)
-        return super().update_image_info(image_id, info)
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            self._datastore.objects[image_id].image.info.update(info)
+            self._update_datastore_file(lock=False)
 
     @http_errors
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
@@ -286,7 +326,37 @@ class VersionedDatastore(LocalDatastore):
             raise NotFoundError(f"image '{label_id}' has no label tagged '{label_tag}'")
         if INFO_KEY in info:
             raise InvalidRequestError(f"label info key '{INFO_KEY}' is written by EMLabel only")
-        return super().update_label_info(label_id, label_tag, info)
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            self._datastore.objects[label_id].labels[label_tag].info.update(info)
+            self._update_datastore_file(lock=False)
+
+    @http_errors
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """``PUT /datastore/image``: only readable images, never over an existing one."""
+        from emlabel.data.validation import read_array
+
+        _, ext = self._to_id(os.path.basename(image_filename))
+        image_id = image_id or Path(image_filename).name.removesuffix(ext)
+        check_image_id(image_id)
+        if ext not in (".nii.gz", ".nii", ".nrrd"):
+            raise InvalidRequestError(f"image file type {ext or '(none)'} is not supported")
+        try:
+            read_array(image_filename)
+        except EMLabelError as e:
+            raise InvalidRequestError(f"image not stored: {e.message}") from e
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            if image_id in self._datastore.objects:
+                raise InvalidRequestError(f"image '{image_id}' already exists; nothing replaced")
+            dest = Path(self._datastore.image_path()) / self._filename(image_id, ext)
+            atomic_write_with(
+                lambda tmp: _copy(image_filename, tmp), dest, tmp_dir=self._tmp_dir
+            )
+            info = dict(image_info or {}) | {"ts": int(os.path.getmtime(dest)), "name": dest.name}
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
 
 
 def _copy(src: str, dest: Path) -> None:

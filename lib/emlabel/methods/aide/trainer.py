@@ -78,6 +78,8 @@ class LabelUpdate:
     """Dice(prediction, the network's training target) that ranked the item."""
     dice_new_vs_old: float
     """Dice(new label, the label it replaced in Lk)."""
+    new_label: torch.Tensor = dataclasses.field(repr=False, compare=False, default=None)
+    """The label written (CPU, uint8), so a caller can store every correction as a version."""
 
 
 def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -294,6 +296,7 @@ class AIDETrainer:
                         epoch=epoch1,
                         dice_before=corr.dice_before,
                         dice_new_vs_old=label_dice(new, old, self.num_classes),
+                        new_label=new.detach().to("cpu", torch.uint8),
                     )
                 )
         self.updates.extend(written)

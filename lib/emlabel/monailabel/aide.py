@@ -1,0 +1,366 @@
+"""AIDE in the app: trainer ``aide`` (writes corrections as label versions) and infer ``aide``.
+
+Clean (HQ) items are images whose best label is a human ``final``; noisy (LQ) items are
+images whose best label is imported or machine-made, and images without any label get a
+pseudo-label from the current ``segmentation`` model (task standardization, semi-supervised).
+Everything is written only after training succeeded: first the model (atomically), then one
+new label version per global correction, then each image's network disagreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import torch
+from monai import transforms as mt
+from monai.inferers import SlidingWindowInferer
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from emlabel.atomic import atomic_write_json
+from emlabel.checkpoints import load_checkpoint, model_ref, publish_checkpoint
+from emlabel.errors import InvalidRequestError
+from emlabel.labels import LabelKind, Provenance
+from emlabel.labels.provenance import now_iso
+from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpdate, label_dice
+from emlabel.monailabel.datastore import VersionedDatastore
+from emlabel.monailabel.infer import PRE_TRANSFORMS_KEY, run_chain_hiding_image_path
+from emlabel.nets import build_unet
+from emlabel.nets.ensemble import PairedSoftmaxEnsemble, split_paired_output
+from emlabel.settings import AppSettings, settings_to_dict
+from emlabel.training.loading import LoadedSet, load_items, to_original_grid
+from emlabel.transforms import inference_postprocessing, load_and_normalise
+
+logger = logging.getLogger(__name__)
+
+IMAGE_INFO_KEY = "emlabel.aide"
+REQUEST_PASSTHROUGH = frozenset(
+    {"model", "local_rank", "device", "bundle_path", "client_id", "name", "multi_gpu", "gpus"}
+)
+
+
+def _unet(settings: AppSettings) -> torch.nn.Module:
+    return build_unet(
+        spatial_dims=3,
+        out_channels=settings.num_classes,
+        channels=settings.network_channels,
+        num_res_units=settings.num_res_units,
+    )
+
+
+class AIDETrainer3D(TrainTask):
+    """Trainer ``aide``: two UNets cross-correcting the noisy labels of the studies."""
+
+    REQUEST_KEYS: tuple[str, ...] = (
+        "max_epochs",
+        "warmup_epochs",
+        "correction_every",
+        "correction_fraction",
+        "learning_rate",
+        "batch_size",
+        "seed",
+    )
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        segmentation_model_path: str,
+        settings: AppSettings,
+        description: str,
+    ) -> None:
+        super().__init__(description)
+        self._settings = settings
+        self.model_path = Path(model_path)
+        self.segmentation_model_path = Path(segmentation_model_path)
+        self.stats_path = self.model_path.with_suffix(".train_stats.json")
+        self._defaults = AIDEOptions(max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2)
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
+
+    def parse_request(self, request: dict[str, Any]) -> AIDEOptions:
+        """AIDE options for one run: defaults overridden by the request's allowed keys."""
+        overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
+        unknown = sorted(set(overrides) - set(self.REQUEST_KEYS))
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown aide option(s) {unknown}; valid: {', '.join(self.REQUEST_KEYS)}"
+            )
+        fields = {f.name: f.type for f in dataclasses.fields(AIDEOptions)}
+        values = {}
+        for key, raw in overrides.items():
+            kind = int if fields[key] in (int, "int") else float
+            try:
+                if kind is int and isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError("expected an integer")
+                values[key] = kind(raw)
+            except (TypeError, ValueError) as e:
+                raise InvalidRequestError(f"aide option '{key}' has a bad value {raw!r}") from e
+        options = dataclasses.replace(self._defaults, **values)
+        try:
+            options.validate()
+        except ValueError as e:
+            raise InvalidRequestError(f"bad aide option: {e}") from e
+        return options
+
+    def stats(self) -> dict[str, Any]:
+        if not self.stats_path.exists():
+            return {}
+        import json
+
+        try:
+            return json.loads(self.stats_path.read_text())
+        except json.JSONDecodeError:
+            return {}
+
+    # ------------------------------------------------------------------ run
+    def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
+        options = self.parse_request(request)
+        settings = self._settings
+        data, parents, roles = self._training_set(datastore)
+        if int(data.has_label.sum()) == 0:
+            raise InvalidRequestError("aide needs labeled images (final or imported) to start")
+        hq = torch.tensor([roles[i] == "clean" for i in data.ids])
+        keep = torch.tensor([roles[i] != "skip" for i in data.ids])
+        idx = torch.nonzero(keep).flatten().tolist()
+        ids = [data.ids[i] for i in idx]
+        if len(ids) < options.batch_size:
+            raise InvalidRequestError(
+                f"aide needs at least batch_size={options.batch_size} usable images, has {len(ids)}"
+            )
+        trainer = AIDETrainer(
+            lambda: _unet(settings),
+            data.images[idx],
+            data.labels[idx],
+            hq_mask=hq[idx],
+            options=options,
+        )
+        started = now_iso()
+        history: list[dict[str, Any]] = []
+        summary = {
+            "images": len(ids),
+            "clean": int(hq[idx].sum()),
+            "noisy": sum(roles[i] == "noisy" for i in ids),
+            "pseudo": sum(roles[i] == "pseudo" for i in ids),
+            "skipped_unlabeled": sum(r == "skip" for r in roles.values()),
+        }
+
+        def on_epoch(stats: EpochStats) -> None:
+            row = dataclasses.asdict(stats)
+            history.append(row)
+            logger.info(
+                "aide epoch %d: loss f1 %.4f f2 %.4f, dice f1 %.3f f2 %.3f, corrected %d",
+                stats.epoch + 1, stats.loss_f1, stats.loss_f2, stats.dice_f1, stats.dice_f2,
+                stats.n_corrected,
+            )  # fmt: skip
+            self._write_stats("RUNNING", started, options, summary, history)
+
+        trainer.fit(on_epoch=on_epoch)
+
+        ensemble = PairedSoftmaxEnsemble(trainer.f1, trainer.f2)
+        meta = {
+            "method": "aide",
+            "labels": list(settings.labels),
+            "settings": settings_to_dict(settings),
+            "aide_options": dataclasses.asdict(options),
+            "trained_at": now_iso(),
+            "data": summary,
+            "train_ids": ids,
+        }
+        checksum = publish_checkpoint(self.model_path, ensemble.state_dict(), meta)
+        model = f"{self.model_path.name}@sha256:{checksum[:16]}"
+        versions = self._write_corrections(datastore, data, idx, trainer.updates, parents, model)
+        disagreement = trainer.disagreement(trainer.images).tolist()
+        for image_id, value in zip(ids, disagreement, strict=True):
+            datastore.update_image_info(
+                image_id,
+                {IMAGE_INFO_KEY: {"disagreement": float(value), "model": model, "time": now_iso()}},
+            )
+        summary["label_versions_written"] = versions
+        return self._write_stats("DONE", started, options, summary, history, checksum=checksum)
+
+    def _training_set(
+        self, datastore: VersionedDatastore
+    ) -> tuple[LoadedSet, dict[str, str | None], dict[str, str]]:
+        """All images with their best labels; roles clean / noisy / pseudo / skip."""
+        items, parents, roles = [], {}, {}
+        for image_id in sorted(datastore.list_images()):
+            best = datastore.best_label(image_id)
+            image = datastore.require_image(image_id)
+            if best is None:
+                items.append({"id": image_id, "image": image})
+                parents[image_id] = None
+                roles[image_id] = "pseudo" if self.segmentation_model_path.exists() else "skip"
+            else:
+                label = datastore.get_label_uri(image_id, best.tag)
+                items.append({"id": image_id, "image": image, "label": label})
+                parents[image_id] = best.tag
+                roles[image_id] = "clean" if best.kind == LabelKind.HUMAN else "noisy"
+        factor = 2 ** (len(self._settings.network_channels) - 1)
+        data = load_items(items, settings=self._settings, multiple_of=factor)
+        if any(r == "pseudo" for r in roles.values()):
+            self._pseudo_label(data, roles)
+        return data, parents, roles
+
+    def _pseudo_label(self, data: LoadedSet, roles: dict[str, str]) -> None:
+        """Task standardization: the segmentation model's prediction for unlabeled images."""
+        state, _ = load_checkpoint(self.segmentation_model_path)
+        net = _unet(self._settings)
+        net.load_state_dict(state)
+        net.eval()
+        inferer = SlidingWindowInferer(
+            roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
+        )
+        with torch.no_grad():
+            for i, image_id in enumerate(data.ids):
+                if roles[image_id] == "pseudo":
+                    logits = inferer(data.images[i : i + 1], net)
+                    data.labels[i] = logits.argmax(dim=1)[0]
+
+    def _write_corrections(
+        self,
+        datastore: VersionedDatastore,
+        data: LoadedSet,
+        idx: list[int],
+        updates: list[LabelUpdate],
+        parents: dict[str, str | None],
+        model: str,
+    ) -> int:
+        """One new label version per global correction, in order, chained by parent."""
+        last_tag = {(k, data.ids[i]): parents[data.ids[i]] for i in idx for k in (1, 2)}
+        written = 0
+        with tempfile.TemporaryDirectory(prefix="emlabel-aide-") as tmp:
+            for n, update in enumerate(updates):
+                position = idx[update.index]
+                image_id = data.ids[position]
+                array = to_original_grid(
+                    update.new_label.long(), data.processed[position], data.inverter
+                )
+                image = nib.load(datastore.require_image(image_id))
+                path = Path(tmp) / f"{n}.nii.gz"
+                nib.save(nib.Nifti1Image(array, image.affine), path)
+                parent = last_tag[(update.network, image_id)]
+                version = datastore.add_version(
+                    image_id,
+                    str(path),
+                    Provenance(
+                        kind=LabelKind.CORRECTED,
+                        source="aide",
+                        version=0,
+                        parent=parent or "pseudo-label of the segmentation model",
+                        iteration=update.epoch,
+                        model=model,
+                        scores={
+                            "dice_to_previous": round(update.dice_new_vs_old, 4),
+                            "dice_prediction_vs_target": round(update.dice_before, 4),
+                            "network": update.network,
+                        },
+                        reason=(
+                            f"AIDE global correction by network f{update.network} after epoch "
+                            f"{update.epoch}: among the lowest-Dice labels of its training target"
+                        ),
+                    ),
+                )
+                last_tag[(update.network, image_id)] = version.tag
+                written += 1
+        return written
+
+    def _write_stats(
+        self,
+        state: str,
+        started: str,
+        options: AIDEOptions,
+        summary: dict[str, Any],
+        history: list[dict[str, Any]],
+        *,
+        checksum: str | None = None,
+    ) -> dict[str, Any]:
+        last = history[-1] if history else {}
+        stats = {
+            "state": state,
+            "start_ts": started,
+            "epochs": len(history),
+            "max_epochs": options.max_epochs,
+            "total_time": sum(h["seconds"] for h in history),
+            "loss_f1": last.get("loss_f1"),
+            "loss_f2": last.get("loss_f2"),
+            "dice_f1": last.get("dice_f1"),
+            "dice_f2": last.get("dice_f2"),
+            "corrected_total": sum(h["n_corrected"] for h in history),
+            "data": summary,
+            "model_sha256": checksum,
+            "history": history,
+        }
+        atomic_write_json(stats, self.stats_path)
+        return stats
+
+
+class SplitPairedd(mt.MapTransform):
+    """Keep the ensemble's mean in ``pred``; put f1-vs-f2 disagreement into ``result``."""
+
+    def __init__(self, *, num_classes: int, model_path: Path) -> None:
+        super().__init__(keys="pred")
+        self.num_classes = num_classes
+        self.model_path = model_path
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        log_mean, p1, p2 = split_paired_output(d["pred"], self.num_classes)
+        d["pred"] = log_mean
+        value = 1.0 - label_dice(p1.argmax(dim=0), p2.argmax(dim=0), self.num_classes)
+        info = {"disagreement": round(float(value), 6), "model": model_ref(self.model_path)}
+        info["time"] = now_iso()
+        d["result"] = dict(d.get("result") or {}) | {
+            "aide_disagreement": info["disagreement"],
+            "emlabel_image_info": {IMAGE_INFO_KEY: info},
+        }
+        return d
+
+
+class AIDEInfer(BasicInferTask):
+    """Infer ``aide``: mean softmax of both AIDE networks; reports their disagreement."""
+
+    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
+        self._settings = settings
+        super().__init__(
+            path=model_path,
+            network=PairedSoftmaxEnsemble(_unet(settings), _unet(settings)),
+            type=InferType.SEGMENTATION,
+            labels=list(settings.labels),
+            dimension=3,
+            description=description,
+            roi_size=settings.roi_size,
+            config={"device": "cpu", "result_dtype": "uint8"},
+        )
+
+    def is_trained(self) -> bool:
+        return self.get_path(validate=True) is not None
+
+    def pre_transforms(self, data: Any = None) -> list:
+        return load_and_normalise(self._settings, ("image",))
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> Any:
+        compose = mt.Compose(list(transforms))
+        data = run_chain_hiding_image_path(data, compose)
+        data[PRE_TRANSFORMS_KEY] = compose
+        return data
+
+    def inferer(self, data: Any = None) -> SlidingWindowInferer:
+        return SlidingWindowInferer(
+            roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
+        )
+
+    def post_transforms(self, data: Any = None) -> list:
+        return [
+            mt.EnsureTyped(keys="pred", device="cpu"),
+            SplitPairedd(num_classes=self._settings.num_classes, model_path=Path(self.path[-1])),
+            *inference_postprocessing(data[PRE_TRANSFORMS_KEY]),
+            mt.SqueezeDimd(keys="pred", dim=0),
+        ]
