@@ -61,3 +61,41 @@ def test_aide_trains_writes_versions_and_serves(server):
     assert nib.load(path).shape == nib.load(server.studies / "case_002.nii.gz").shape
     info = client.datastore()["objects"]["case_002"]["image"]["info"]["emlabel.aide"]
     assert info["disagreement"] == pytest.approx(params["aide_disagreement"])
+
+
+def test_aide_model_exports_as_a_bundle_that_gives_the_same_labels(server, tmp_path):
+    """Runs after the training test above (same module server)."""
+    import io
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+    import zipfile
+
+    import numpy as np
+
+    from tests.support.server import server_env
+
+    client = MONAILabelClient(server_url=server.url, tmpdir=str(server.app_dir.parent))
+    if client.info()["train_stats"].get("aide", {}).get("state") != "DONE":
+        pytest.skip("needs the aide model trained by the test above")
+    with urllib.request.urlopen(f"{server.url}/emlabel/bundle/aide", timeout=300) as r:
+        zipfile.ZipFile(io.BytesIO(r.read())).extractall(tmp_path)
+    bundle = tmp_path / "aide"
+    meta = (bundle / "configs" / "metadata.json").read_text()
+    assert '"method": "aide"' in meta
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(server.studies / "case_003.nii.gz", data)
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+         str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+         "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, env=server_env(), timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    offline = np.asarray(nib.load(tmp_path / "out" / "case_003_seg.nii.gz").dataobj)
+    path, _ = client.infer("aide", "case_003", {})
+    served = np.asarray(nib.load(path).dataobj)
+    assert len(np.unique(served)) > 1
+    assert np.array_equal(offline, served)

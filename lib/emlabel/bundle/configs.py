@@ -1,9 +1,11 @@
 """``configs/inference.json`` of an exported bundle, in MONAI's bundle config syntax.
 
-The chain mirrors the server's ``segmentation`` infer task (same preprocessing, sliding
-window, softmax, MONAI's inverse of the preprocessing, argmax), so ``python -m monai.bundle
-run`` gives the same labels as the server. Only MONAI components are referenced: the bundle
-runs where MONAI is installed, without EMLabel.
+The chain mirrors the server's infer tasks (same preprocessing, sliding window, softmax,
+MONAI's inverse of the preprocessing, argmax), so ``python -m monai.bundle run`` gives the
+same labels as the server. Only MONAI components are referenced at run time: the bundle
+runs where MONAI is installed, without EMLabel. Networks that MONAI lacks (the AIDE
+ensemble) are run from the bundle's TorchScript file, which ``ckpt_export`` made from
+EMLabel's class at export time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ def unet_network_def(settings: AppSettings) -> dict[str, Any]:
         "channels": channels,
         "strides": [2] * (len(channels) - 1),
         "num_res_units": settings.num_res_units,
+    }
+
+
+TORCHSCRIPT_NETWORK = "$torch.jit.load(@bundle_root + '/models/model.ts', map_location='cpu')"
+
+
+def aide_export_def(settings: AppSettings) -> dict[str, Any]:
+    """What ``ckpt_export`` scripts for an AIDE model: both UNets, mean softmax (as log)."""
+    return {
+        "_target_": "emlabel.nets.ensemble.LogMeanSoftmaxEnsemble",
+        "f1": unet_network_def(settings),
+        "f2": unet_network_def(settings),
     }
 
 

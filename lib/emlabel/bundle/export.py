@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from emlabel.bundle.configs import inference_config, unet_network_def
+from emlabel.bundle.configs import (
+    TORCHSCRIPT_NETWORK,
+    aide_export_def,
+    inference_config,
+    unet_network_def,
+)
 from emlabel.bundle.metadata import build_metadata
 from emlabel.bundle.schema import find_schema, verify_metadata_file
 from emlabel.checkpoints import load_checkpoint
@@ -28,8 +33,18 @@ class BundleError(EMLabelError):
     """The bundle cannot be exported (missing model, invalid metadata, ...)."""
 
 
-# method -> builder of the network_def used by the bundle (MONAI components only).
-NETWORK_DEFS = {"segmentation": unet_network_def}
+# method -> (network_def in inference.json, definition ckpt_export scripts into model.ts).
+# A MONAI network is its own export definition; others run from the TorchScript file.
+NETWORK_DEFS: dict[str, Any] = {
+    "segmentation": lambda s: (unet_network_def(s), unet_network_def(s)),
+    "aide": lambda s: (TORCHSCRIPT_NETWORK, aide_export_def(s)),
+}
+DESCRIPTIONS = {
+    "segmentation": "3D UNet trained by EMLabel on the best available label of each image "
+    "(human final > verified > corrected > imported).",
+    "aide": "AIDE ensemble trained by EMLabel: two 3D UNets that corrected each other's noisy "
+    "labels; the prediction is the mean of both networks' softmax.",
+}
 
 
 def export_bundle(
@@ -62,7 +77,7 @@ def export_bundle(
             verify_metadata_file(staging / "configs" / "metadata.json", schema_path)
         except ValueError as e:
             raise BundleError(f"metadata.json does not match the MONAI schema: {e}") from e
-        _export_torchscript(staging)
+        _export_torchscript(staging, NETWORK_DEFS[method](settings)[1])
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -88,7 +103,7 @@ def _write_bundle(
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
     (root / "docs").mkdir()
-    network_def = NETWORK_DEFS[method](settings)
+    network_def, _ = NETWORK_DEFS[method](settings)
     provenance = {k: v for k, v in meta.items() if k not in ("settings",)}
     provenance["settings"] = meta["settings"]
     best = meta.get("best_val_dice")
@@ -96,10 +111,7 @@ def _write_bundle(
         settings=settings,
         method=method,
         version=version,
-        description=(
-            f"3D UNet ({method}) trained by EMLabel on the best available label of each image "
-            "(human final > verified > corrected > imported)."
-        ),
+        description=DESCRIPTIONS[method],
         provenance=provenance,
         eval_metrics={"val_mean_dice": float(best)} if best is not None else {},
     )
@@ -111,12 +123,13 @@ def _write_bundle(
     (root / "docs" / "README.md").write_text(_readme(metadata, settings))
 
 
-def _export_torchscript(root: Path) -> None:
+def _export_torchscript(root: Path, export_def: dict[str, Any]) -> None:
     """``models/model.ts`` with MONAI's ``ckpt_export`` (configs embedded in the file)."""
     from monai.bundle import ckpt_export
 
     ckpt_export(
-        net_id="network_def",
+        net_id="emlabel_export_network",
+        emlabel_export_network=export_def,
         filepath=str(root / "models" / "model.ts"),
         ckpt_file=str(root / "models" / "model.pt"),
         meta_file=str(root / "configs" / "metadata.json"),
