@@ -19,42 +19,25 @@ import nibabel as nib
 import torch
 from monai import transforms as mt
 from monai.inferers import SlidingWindowInferer
-from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from emlabel.atomic import atomic_write_json
 from emlabel.checkpoints import load_checkpoint, model_ref, publish_checkpoint
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpdate, label_dice
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.monailabel.infer import PRE_TRANSFORMS_KEY, run_chain_hiding_image_path
-from emlabel.nets import build_unet
+from emlabel.monailabel.infer import segmentation_unet as _unet
+from emlabel.monailabel.tasks import StatsFileTrainTask, VolumeInferTask, parse_options
 from emlabel.nets.ensemble import PairedSoftmaxEnsemble, split_paired_output
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
-from emlabel.transforms import inference_postprocessing, load_and_normalise
 
 logger = logging.getLogger(__name__)
 
 IMAGE_INFO_KEY = "emlabel.aide"
-REQUEST_PASSTHROUGH = frozenset(
-    {"model", "local_rank", "device", "bundle_path", "client_id", "name", "multi_gpu", "gpus"}
-)
 
 
-def _unet(settings: AppSettings) -> torch.nn.Module:
-    return build_unet(
-        spatial_dims=3,
-        out_channels=settings.num_classes,
-        channels=settings.network_channels,
-        num_res_units=settings.num_res_units,
-    )
-
-
-class AIDETrainer3D(TrainTask):
+class AIDETrainer3D(StatsFileTrainTask):
     """Trainer ``aide``: two UNets cross-correcting the noisy labels of the studies."""
 
     REQUEST_KEYS: tuple[str, ...] = (
@@ -75,11 +58,9 @@ class AIDETrainer3D(TrainTask):
         settings: AppSettings,
         description: str,
     ) -> None:
-        super().__init__(description)
+        super().__init__(description, model_path)
         self._settings = settings
-        self.model_path = Path(model_path)
         self.segmentation_model_path = Path(segmentation_model_path)
-        self.stats_path = self.model_path.with_suffix(".train_stats.json")
         self._defaults = AIDEOptions(max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2)
 
     def config(self) -> dict[str, Any]:
@@ -87,38 +68,7 @@ class AIDETrainer3D(TrainTask):
 
     def parse_request(self, request: dict[str, Any]) -> AIDEOptions:
         """AIDE options for one run: defaults overridden by the request's allowed keys."""
-        overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
-        unknown = sorted(set(overrides) - set(self.REQUEST_KEYS))
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown aide option(s) {unknown}; valid: {', '.join(self.REQUEST_KEYS)}"
-            )
-        fields = {f.name: f.type for f in dataclasses.fields(AIDEOptions)}
-        values = {}
-        for key, raw in overrides.items():
-            kind = int if fields[key] in (int, "int") else float
-            try:
-                if kind is int and isinstance(raw, float) and not raw.is_integer():
-                    raise ValueError("expected an integer")
-                values[key] = kind(raw)
-            except (TypeError, ValueError) as e:
-                raise InvalidRequestError(f"aide option '{key}' has a bad value {raw!r}") from e
-        options = dataclasses.replace(self._defaults, **values)
-        try:
-            options.validate()
-        except ValueError as e:
-            raise InvalidRequestError(f"bad aide option: {e}") from e
-        return options
-
-    def stats(self) -> dict[str, Any]:
-        if not self.stats_path.exists():
-            return {}
-        import json
-
-        try:
-            return json.loads(self.stats_path.read_text())
-        except json.JSONDecodeError:
-            return {}
+        return parse_options(request, self._defaults, self.REQUEST_KEYS, what="aide")
 
     # ------------------------------------------------------------------ run
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
@@ -298,8 +248,7 @@ class AIDETrainer3D(TrainTask):
             "model_sha256": checksum,
             "history": history,
         }
-        atomic_write_json(stats, self.stats_path)
-        return stats
+        return self.write_stats(stats)
 
 
 class SplitPairedd(mt.MapTransform):
@@ -324,43 +273,16 @@ class SplitPairedd(mt.MapTransform):
         return d
 
 
-class AIDEInfer(BasicInferTask):
+class AIDEInfer(VolumeInferTask):
     """Infer ``aide``: mean softmax of both AIDE networks; reports their disagreement."""
 
     def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
-        self._settings = settings
         super().__init__(
-            path=model_path,
+            model_path=model_path,
             network=PairedSoftmaxEnsemble(_unet(settings), _unet(settings)),
-            type=InferType.SEGMENTATION,
-            labels=list(settings.labels),
-            dimension=3,
+            settings=settings,
             description=description,
-            roi_size=settings.roi_size,
-            config={"device": "cpu", "result_dtype": "uint8"},
         )
 
-    def is_trained(self) -> bool:
-        return self.get_path(validate=True) is not None
-
-    def pre_transforms(self, data: Any = None) -> list:
-        return load_and_normalise(self._settings, ("image",))
-
-    def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> Any:
-        compose = mt.Compose(list(transforms))
-        data = run_chain_hiding_image_path(data, compose)
-        data[PRE_TRANSFORMS_KEY] = compose
-        return data
-
-    def inferer(self, data: Any = None) -> SlidingWindowInferer:
-        return SlidingWindowInferer(
-            roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
-        )
-
-    def post_transforms(self, data: Any = None) -> list:
-        return [
-            mt.EnsureTyped(keys="pred", device="cpu"),
-            SplitPairedd(num_classes=self._settings.num_classes, model_path=Path(self.path[-1])),
-            *inference_postprocessing(data[PRE_TRANSFORMS_KEY]),
-            mt.SqueezeDimd(keys="pred", dim=0),
-        ]
+    def extra_post_transforms(self) -> list:
+        return [SplitPairedd(num_classes=self._settings.num_classes, model_path=Path(self.path[-1]))]

@@ -8,7 +8,7 @@ from typing import Any
 from monai import transforms as mt
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from emlabel.monailabel.infer import run_chain_hiding_image_path
+from emlabel.monailabel.tasks import run_chain_hiding_image_path
 
 
 class BundleInfer(BundleInferTask):

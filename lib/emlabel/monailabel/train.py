@@ -7,33 +7,22 @@ this adapter is a thin TrainTask over :func:`emlabel.training.supervised.train_s
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
-from monailabel.interfaces.tasks.train import TrainTask
-
-from emlabel.atomic import atomic_write_json
 from emlabel.checkpoints import publish_checkpoint
-from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.nets import build_unet
-from emlabel.settings import AppSettings, parse_settings, settings_to_dict
+from emlabel.monailabel.infer import segmentation_unet
+from emlabel.monailabel.tasks import StatsFileTrainTask, parse_options
+from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.supervised import EpochStats, split_items, train_supervised
 
 logger = logging.getLogger(__name__)
 
-# Request keys MONAI Label or its clients add to every train request; not settings.
-REQUEST_PASSTHROUGH = frozenset(
-    {"model", "local_rank", "device", "bundle_path", "client_id", "name", "multi_gpu", "gpus"}
-)
 
-
-class SegmentationTrainer(TrainTask):
+class SegmentationTrainer(StatsFileTrainTask):
     """Trains the UNet that the ``segmentation`` infer task serves."""
 
     #: Settings a train request may override (e.g. ``{"max_epochs": 1}``).
@@ -46,38 +35,15 @@ class SegmentationTrainer(TrainTask):
     )
 
     def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
-        super().__init__(description)
+        super().__init__(description, model_path)
         self._settings = settings
-        self.model_path = Path(model_path)
-        self.stats_path = self.model_path.with_suffix(".train_stats.json")
 
     def config(self) -> dict[str, Any]:
         return {k: getattr(self._settings, k) for k in self.REQUEST_KEYS}
 
     def parse_request(self, request: dict[str, Any]) -> AppSettings:
         """Settings for one run: the app's, overridden by the request's allowed keys."""
-        overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
-        unknown = sorted(set(overrides) - set(self.REQUEST_KEYS))
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown train option(s) {unknown}; valid: {', '.join(self.REQUEST_KEYS)}"
-            )
-        base = {
-            f.name: getattr(self._settings, f.name) for f in dataclasses.fields(AppSettings)
-        }
-        base.update(overrides)
-        try:
-            return parse_settings(base)
-        except Exception as e:
-            raise InvalidRequestError(f"bad train option: {e}") from e
-
-    def stats(self) -> dict[str, Any]:
-        if not self.stats_path.exists():
-            return {}
-        try:
-            return json.loads(self.stats_path.read_text())
-        except json.JSONDecodeError:
-            return {}
+        return parse_options(request, self._settings, self.REQUEST_KEYS, what="train")
 
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         settings = self.parse_request(request)
@@ -86,12 +52,7 @@ class SegmentationTrainer(TrainTask):
             items, val_fraction=settings.val_fraction, seed=settings.seed
         )
         logger.info("training on %d images, validating on %d", len(train_items), len(val_items))
-        network = build_unet(
-            spatial_dims=3,
-            out_channels=settings.num_classes,
-            channels=settings.network_channels,
-            num_res_units=settings.num_res_units,
-        )
+        network = segmentation_unet(settings)
         started = now_iso()
         history: list[dict[str, Any]] = []
 
@@ -148,8 +109,7 @@ class SegmentationTrainer(TrainTask):
             "model_sha256": checksum,
             "history": history,
         }
-        atomic_write_json(stats, self.stats_path)
-        return stats
+        return self.write_stats(stats)
 
 
 def _label_sources(items: list[dict[str, Any]]) -> dict[str, int]:

@@ -1,0 +1,164 @@
+"""Shared bases of EMLabel's MONAI Label tasks: typed request options, stats file, infer chain."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai import transforms as mt
+from monai.inferers import Inferer, SlidingWindowInferer
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from emlabel.atomic import atomic_write_json
+from emlabel.errors import EMLabelError, InvalidRequestError
+from emlabel.settings import AppSettings
+from emlabel.transforms import inference_postprocessing, load_and_normalise
+
+# Request keys MONAI Label or its clients add to every train request; not options.
+REQUEST_PASSTHROUGH = frozenset(
+    {"model", "local_rank", "device", "bundle_path", "client_id", "name", "multi_gpu", "gpus"}
+)
+PRE_TRANSFORMS_KEY = "emlabel_pre_transforms"
+
+
+def parse_options(
+    request: dict[str, Any], defaults: Any, allowed: Sequence[str], *, what: str
+) -> Any:
+    """``defaults`` (a frozen dataclass) with the request's ``allowed`` keys applied, typed.
+
+    Unknown keys and bad values raise InvalidRequestError (a 400 naming the key).
+    """
+    overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise InvalidRequestError(f"unknown {what} option(s) {unknown}; valid: {', '.join(allowed)}")
+    hints = typing.get_type_hints(type(defaults))
+    values = {}
+    for key, raw in overrides.items():
+        values[key] = _convert(key, raw, hints[key], what)
+    options = dataclasses.replace(defaults, **values)
+    validate = getattr(options, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except (ValueError, EMLabelError) as e:
+            raise InvalidRequestError(f"bad {what} option: {e}") from e
+    return options
+
+
+def _convert(key: str, raw: Any, kind: Any, what: str) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            return {"true": True, "false": False}[str(raw).strip().lower()]
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        return raw
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidRequestError(f"{what} option '{key}' has a bad value {raw!r}") from e
+
+
+class StatsFileTrainTask(TrainTask):
+    """A TrainTask whose stats live in ``<model>.train_stats.json`` (shown in /info)."""
+
+    def __init__(self, description: str, model_path: str | Path) -> None:
+        super().__init__(description)
+        self.model_path = Path(model_path)
+        self.stats_path = self.model_path.with_suffix(".train_stats.json")
+
+    def stats(self) -> dict[str, Any]:
+        if not self.stats_path.exists():
+            return {}
+        try:
+            return json.loads(self.stats_path.read_text())
+        except json.JSONDecodeError:
+            return {}
+
+    def write_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        atomic_write_json(stats, self.stats_path)
+        return stats
+
+
+def run_chain_hiding_image_path(data: dict[str, Any], compose: mt.Compose) -> dict[str, Any]:
+    """Run ``compose`` on ``data`` without the ``image_path`` string MONAI Label adds.
+
+    MONAI 1.6's Spacingd calls ``.update()`` on every ``image_*`` key, which fails on that
+    string; it is hidden while the chain runs and put back for MONAI Label's writer.
+    """
+    image_path = data.pop("image_path", None)
+    data = compose(data)
+    if image_path is not None:
+        data["image_path"] = image_path
+    return data
+
+
+class VolumeInferTask(BasicInferTask):
+    """Sliding-window 3D segmentation with the app's preprocessing, restored exactly.
+
+    Pre-transforms run as one Compose that Invertd then undoes (the same chain an exported
+    bundle uses). Subclasses give the network and may add post-transforms before the
+    shared ones (:meth:`extra_post_transforms`).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        network: torch.nn.Module,
+        settings: AppSettings,
+        description: str,
+    ) -> None:
+        self._settings = settings
+        super().__init__(
+            path=model_path,
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels=list(settings.labels),
+            dimension=3,
+            description=description,
+            roi_size=settings.roi_size,
+            config={"device": "cpu", "result_dtype": "uint8"},
+        )
+
+    def is_trained(self) -> bool:
+        """True once a trained model file exists; the app refuses infer (409) before that."""
+        return self.get_path(validate=True) is not None
+
+    def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return load_and_normalise(self._settings, ("image",))
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> Any:
+        compose = mt.Compose(list(transforms))
+        data = run_chain_hiding_image_path(data, compose)
+        data[PRE_TRANSFORMS_KEY] = compose
+        return data
+
+    def inferer(self, data: Any = None) -> Inferer:
+        return SlidingWindowInferer(
+            roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
+        )
+
+    def extra_post_transforms(self) -> list[Callable]:
+        return []
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return [
+            mt.EnsureTyped(keys="pred", device="cpu"),
+            *self.extra_post_transforms(),
+            *inference_postprocessing(data[PRE_TRANSFORMS_KEY]),
+            mt.SqueezeDimd(keys="pred", dim=0),
+        ]  # pred stays a MetaTensor: MONAI Label's writer takes the affine from it
