@@ -11,6 +11,7 @@ from monailabel.tasks.activelearning.random import Random
 import emlabel
 from emlabel.monailabel import app as base
 from emlabel.monailabel.aide import AIDEInfer, AIDETrainer3D
+from emlabel.monailabel.cgs import CGSInfer, CGSTrainTask, IHEDScoring
 from emlabel.monailabel.infer import SegmentationInfer
 from emlabel.monailabel.train import SegmentationTrainer
 
@@ -42,6 +43,11 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 settings=self.settings,
                 description="AIDE: mean of two cross-correcting UNets; reports their disagreement",
             ),
+            "cgs": CGSInfer(
+                model_path=str(self.model_dir / "cgs.pt"),
+                settings=self.settings,
+                description="CGS generalist head (a plain U-Net) trained with specialist heads",
+            ),
         }
         return infers | self.bundle_infers(taken=set(infers))
 
@@ -58,7 +64,15 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 settings=self.settings,
                 description="AIDE: two networks correct noisy labels; corrections become versions",
             ),
+            "cgs": CGSTrainTask(
+                model_path=str(self.model_dir / "cgs.pt"),
+                settings=self.settings,
+                description="CGS: generalist + one specialist head per structure, semi-supervised",
+            ),
         }
+
+    def init_scoring_methods(self) -> dict[str, Any]:
+        return {"ihed": IHEDScoring(model_path=str(self.model_dir / "cgs.pt"), settings=self.settings)}
 
     def init_strategies(self) -> dict[str, Any]:
         return {"random": Random(), "first": First()}

@@ -20,10 +20,14 @@ META_KEY = "emlabel"
 
 
 def publish_checkpoint(
-    path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any]
+    path: str | os.PathLike[str],
+    state_dict: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """Write the checkpoint atomically; returns its sha256."""
-    payload = {"model": state_dict, META_KEY: meta}
+    """Write the checkpoint atomically; returns its sha256. ``extra`` adds other keys."""
+    payload = {"model": state_dict, META_KEY: meta} | (extra or {})
     atomic_write_with(lambda tmp: torch.save(payload, tmp), path)
     return file_sha256(path)
 

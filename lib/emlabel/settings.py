@@ -58,6 +58,10 @@ class AppSettings:
     """Sliding-window inference overlap."""
     num_threads: int = 0
     """Torch CPU threads for training and inference (0 = torch's default)."""
+    cgs_channels: tuple[int, ...] = (8, 16, 32, 64, 128)
+    """Encoder widths of the CGS U-Net (five levels; inputs padded to multiples of 16)."""
+    cgs_feature_channels: int = 16
+    """Width of the last decoder feature shared by the CGS generalist and specialist heads."""
     bundles: tuple[str, ...] = ()
     """MONAI bundle folders to serve as extra infer tasks (named after the folder)."""
 
@@ -88,6 +92,8 @@ class AppSettings:
             "affine_tolerance": self.affine_tolerance >= 0,
             "sw_overlap": 0 <= self.sw_overlap < 1,
             "num_threads": self.num_threads >= 0,
+            "cgs_channels": len(self.cgs_channels) == 5 and min(self.cgs_channels) > 0,
+            "cgs_feature_channels": self.cgs_feature_channels > 0,
         }
         for key, ok in checks.items():
             if not ok:

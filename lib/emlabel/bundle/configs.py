@@ -29,6 +29,20 @@ def unet_network_def(settings: AppSettings) -> dict[str, Any]:
     }
 
 
+def basic_unet_network_def(settings: AppSettings) -> dict[str, Any]:
+    """MONAI BasicUNet as infer ``cgs`` serves it (the CGS generalist path only)."""
+    return {
+        "_target_": "BasicUNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": settings.num_classes,
+        "features": [*settings.cgs_channels, settings.cgs_feature_channels],
+        "act": ["LeakyReLU", {"negative_slope": 0.01, "inplace": True}],
+        "norm": ["batch", {}],
+        "dropout": 0.0,
+    }
+
+
 TORCHSCRIPT_NETWORK = "$torch.jit.load(@bundle_root + '/models/model.ts', map_location='cpu')"
 
 

@@ -19,6 +19,7 @@ import torch
 from emlabel.bundle.configs import (
     TORCHSCRIPT_NETWORK,
     aide_export_def,
+    basic_unet_network_def,
     inference_config,
     unet_network_def,
 )
@@ -38,10 +39,13 @@ class BundleError(EMLabelError):
 NETWORK_DEFS: dict[str, Any] = {
     "segmentation": lambda s: (unet_network_def(s), unet_network_def(s)),
     "aide": lambda s: (TORCHSCRIPT_NETWORK, aide_export_def(s)),
+    "cgs": lambda s: (basic_unet_network_def(s), basic_unet_network_def(s)),
 }
 DESCRIPTIONS = {
     "segmentation": "3D UNet trained by EMLabel on the best available label of each image "
     "(human final > verified > corrected > imported).",
+    "cgs": "Generalist head of a CGS model trained by EMLabel (mean teacher with one specialist "
+    "head per structure during training; the served network is a plain 3D U-Net).",
     "aide": "AIDE ensemble trained by EMLabel: two 3D UNets that corrected each other's noisy "
     "labels; the prediction is the mean of both networks' softmax.",
 }

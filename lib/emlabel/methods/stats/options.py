@@ -1,0 +1,61 @@
+"""Hyper-parameters of learning from summary statistics plus a few clicked pixels.
+
+Defaults follow ``/work/shared/specs/summary-stats.md``: every loss weight is 1 to start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+RECONSTRUCTION_MODES: tuple[str, ...] = ("partition", "one_vs_rest")
+"""Ways to generalise the two-region reconstruction to several structures (see losses.py)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StatsOptions:
+    """Every setting of :class:`~emlabel.methods.stats.trainer.StatsTrainer`, with its default."""
+
+    lambda_stat: float = 1.0
+    """lambda_s, weight of the statistic term L_stat (squared relative area/volume error)."""
+    lambda_overlap: float = 1.0
+    """lambda_o, weight of the overlap term L_ovl (log-likelihood of the clicked pixels)."""
+    lambda_rec: float = 1.0
+    """lambda_rec, weight of the reconstruction term L_rec (ignored if not use_reconstruction)."""
+    lambda_full: float = 1.0
+    """Weight of the DiceCE term on the images that have a full label map."""
+    use_reconstruction: bool = True
+    """Include L_rec (False is the spec's "both without L_rec" ablation)."""
+    reconstruction_mode: str = "partition"
+    """Multi-structure L_rec: "partition" (one (K+1)-region model) or "one_vs_rest"
+    (mean over structures of structure-vs-rest two-region models); identical for K = 1."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    max_epochs: int = 100
+    """Epochs of :meth:`StatsTrainer.fit` when none are given (one epoch = one pass)."""
+    batch_size: int = 4
+    """Images per optimizer step (capped at the number of images; last batch kept)."""
+    seed: int = 0
+    """Seed of the weight initialisation (when a factory is given) and of the batch order."""
+
+    def validate(self) -> None:
+        """Check value ranges; raises ``ValueError`` naming the first offending field."""
+
+        def weight(v: float) -> bool:
+            return math.isfinite(v) and v >= 0.0
+
+        checks = {
+            "lambda_stat": weight(self.lambda_stat),
+            "lambda_overlap": weight(self.lambda_overlap),
+            "lambda_rec": weight(self.lambda_rec),
+            "lambda_full": weight(self.lambda_full),
+            "reconstruction_mode": self.reconstruction_mode in RECONSTRUCTION_MODES,
+            "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate > 0.0,
+            "max_epochs": self.max_epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"stats option '{name}' has an invalid value: {getattr(self, name)!r}"
+                )
