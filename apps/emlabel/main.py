@@ -12,6 +12,7 @@ import emlabel
 from emlabel.monailabel import app as base
 from emlabel.monailabel.aide import AIDEInfer, AIDETrainer3D
 from emlabel.monailabel.cgs import CGSInfer, CGSTrainTask, IHEDScoring
+from emlabel.monailabel.em import EMTrainTask, VerifierScoring, VerifierStrategy
 from emlabel.monailabel.infer import SegmentationInfer
 from emlabel.monailabel.train import SegmentationTrainer
 
@@ -69,10 +70,25 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 settings=self.settings,
                 description="CGS: generalist + one specialist head per structure, semi-supervised",
             ),
+            "em": EMTrainTask(
+                model_path=str(self.model_dir / "em.pt"),
+                segmentation_model_path=str(self.model_dir / "segmentation.pt"),
+                settings=self.settings,
+                description="EM relabeling: verifier + expert correct labels, then retrain",
+            ),
         }
 
     def init_scoring_methods(self) -> dict[str, Any]:
-        return {"ihed": IHEDScoring(model_path=str(self.model_dir / "cgs.pt"), settings=self.settings)}
+        return {
+            "ihed": IHEDScoring(model_path=str(self.model_dir / "cgs.pt"), settings=self.settings),
+            "verifier": VerifierScoring(
+                model_path=str(self.model_dir / "segmentation.pt"), settings=self.settings
+            ),
+        }
 
     def init_strategies(self) -> dict[str, Any]:
-        return {"random": Random(), "first": First()}
+        return {
+            "random": Random(),
+            "first": First(),
+            "verifier": VerifierStrategy(settings=self.settings, model_dir=str(self.model_dir)),
+        }

@@ -58,6 +58,12 @@ class AppSettings:
     """Sliding-window inference overlap."""
     num_threads: int = 0
     """Torch CPU threads for training and inference (0 = torch's default)."""
+    review_budget: float = 0.05
+    """Fraction of labeled images the ``verifier`` strategy may send to a human per EM iteration."""
+    review_wrong_dice: float = 0.9
+    """A reviewed machine label counts as wrong when Dice(it, the human final) is below this."""
+    target_sensitivity: float = 0.95
+    """ROC operating point: the verifier threshold must catch this fraction of bad labels."""
     cgs_channels: tuple[int, ...] = (8, 16, 32, 64, 128)
     """Encoder widths of the CGS U-Net (five levels; inputs padded to multiples of 16)."""
     cgs_feature_channels: int = 16
@@ -92,6 +98,9 @@ class AppSettings:
             "affine_tolerance": self.affine_tolerance >= 0,
             "sw_overlap": 0 <= self.sw_overlap < 1,
             "num_threads": self.num_threads >= 0,
+            "review_budget": 0 <= self.review_budget <= 1,
+            "review_wrong_dice": 0 < self.review_wrong_dice <= 1,
+            "target_sensitivity": 0 < self.target_sensitivity <= 1,
             "cgs_channels": len(self.cgs_channels) == 5 and min(self.cgs_channels) > 0,
             "cgs_feature_channels": self.cgs_feature_channels > 0,
         }

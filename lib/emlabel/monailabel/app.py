@@ -203,6 +203,23 @@ class EMLabelAppBase(MONAILabelApp):
         self.check_train_request(request.get("model"), request)
         return super().train(request)
 
+    def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
+        """A human final on an image the verifier routed is a review: record its outcome."""
+        result = super().on_save_label(image_id, label_id) or {}
+        datastore = self.datastore()
+        if isinstance(datastore, VersionedDatastore):
+            from emlabel.monailabel.em import EMFiles, record_review
+
+            review = record_review(
+                datastore, image_id, settings=self.settings, files=EMFiles(self.model_dir)
+            )
+            if review is not None:
+                result["review"] = {
+                    "was_wrong": review["image_wrong"],
+                    "dice_to_machine_label": review["dice"],
+                }
+        return result
+
     def on_init_complete(self) -> None:
         super().on_init_complete()
         from emlabel.monailabel.routes import install_request_guards

@@ -1,0 +1,39 @@
+"""Options of the EM loop (our design; the ScaleMAI abstract gives no numbers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from emlabel.errors import SettingsError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EMOptions:
+    """One ``em`` training run: ``iterations`` x (E-step, M-step)."""
+
+    iterations: int = 1
+    """EM iterations in this run."""
+    epochs: int = 20
+    """Training epochs of each M-step."""
+    correct_threshold: float = 0.8
+    """Verifier probability above which the label is taken as wrong and the expert may fix it."""
+    review_threshold: float = 0.5
+    """Probability above which a label is doubtful (routed to review) until ROC replaces it."""
+    pseudo_labels: bool = True
+    """M-step also trains on the model's pseudo-labels of unlabeled images."""
+    seed: int = 0
+    """Seed of the M-step training."""
+
+    def validate(self) -> None:
+        checks = {
+            "iterations": 1 <= self.iterations <= 20,
+            "epochs": self.epochs >= 1,
+            "correct_threshold": 0 < self.correct_threshold <= 1,
+            "review_threshold": 0 < self.review_threshold <= self.correct_threshold,
+            "seed": self.seed >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise SettingsError(
+                    f"em option '{key}' has an invalid value: {getattr(self, key)!r}"
+                )

@@ -1,0 +1,67 @@
+"""EM and verifier-driven review through the real server (the product's main loop)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from monailabel.client import MONAILabelClient
+
+from tests.test_server import post_json, status_of, wait_for_training
+
+pytestmark = pytest.mark.server
+
+
+def image_info(client: MONAILabelClient, image_id: str) -> dict:
+    return client.datastore()["objects"][image_id]["image"]["info"]
+
+
+def test_score_route_review_and_em_iteration_recalibrates(server):
+    client = MONAILabelClient(server_url=server.url, tmpdir=str(server.app_dir.parent))
+    info = client.info()
+    assert "verifier" in info["scoring"] and "verifier" in info["strategies"] and "em" in info["trainers"]
+    code, body = status_of(lambda: client.train_start("em", {"iterations": 0}))
+    assert code == 400 and "iterations" in body
+
+    client.train_start("segmentation", {"max_epochs": 3})
+    assert wait_for_training(client)["status"] == "DONE"
+    code, scores = post_json(f"{server.url}/scoring/verifier?run_sync=true")
+    assert code == 200 and scores, scores
+    machine = sorted(scores)  # images whose best label is not human
+    assert {"case_002", "case_003"} <= set(machine)
+    before = {i: image_info(client, i)["emlabel.verifier"] for i in machine}
+    for verdict in before.values():
+        assert 0.0 <= verdict["score"] <= 1.0 and verdict["mode"] == "prior"
+        assert verdict["label_tag"] == "noisy" and verdict["features"]
+
+    # the strategy offers the least trusted label first, with its reasons
+    sample = client.next_sample("verifier", {})
+    assert sample["id"] == max(scores, key=scores.get)
+    assert sample["reasons"] and sample["budget"]["used"] == 1
+    # the demo's truth for that image is what a careful annotator would save
+    manifest = json.loads((server.studies / "emlabel_demo" / "manifest.json").read_text())
+    truth = server.studies / manifest["cases"][sample["id"]]["truth"]
+    saved = client.save_label(sample["id"], str(truth), tag="final")
+    assert saved["review"]["was_wrong"] is True  # the noisy label really was wrong
+    reviews = json.loads((server.app_dir / "model" / "em_reviews.json").read_text())
+    assert [r["image_id"] for r in reviews] == [sample["id"]]
+
+    # the budget (5% of the labeled images, at least one) is used: no more samples
+    assert client.next_sample("verifier", {}) == {}
+
+    client.train_start("em", {"iterations": 1, "epochs": 1})
+    status = wait_for_training(client)
+    assert status["status"] == "DONE", status
+    stats = client.info()["train_stats"]["em"]
+    row = stats["iterations"][0]
+    assert row["iteration"] == 1 and stats["reviews"] == 1
+    assert row["accepted"] + row["corrected"] + row["queued"] == row["verified"]
+    assert row["label_quality_vs_truth"] is not None  # demo truth is known
+    other = next(i for i in machine if i != sample["id"])
+    after = image_info(client, other)["emlabel.verifier"]
+    assert "recalibrated on" in after["calibration"] or after["mode"].startswith("fitted")
+    assert after["score"] != before[other]["score"]  # same model, new calibration
+    assert after["action"] in ("accept", "correct", "review")
+    # the reviewed image's final label is now the best label; EM leaves it alone
+    labels = client.datastore()["objects"][sample["id"]]["labels"]
+    assert not any(tag.startswith("em-v") for tag in labels)
