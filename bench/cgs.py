@@ -125,6 +125,9 @@ class Settings:
     timing_repeats: int = 20
     timing_batch: int = 1
     threads: int = 2
+    """torch threads of the inference timing."""
+    train_threads: int = 2
+    """torch threads while training and evaluating."""
     history_every: int = 25
 
     def cgs_options(self, seed: int) -> CGSOptions:
@@ -395,6 +398,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--channels", type=int, nargs=5, default=None, help="the five U-Net encoder widths"
     )
+    p.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=None,
+        help="subset of methods (development; the full comparison needs all three)",
+    )
+    p.add_argument(
+        "--train-threads", type=int, default=None,
+        help="torch threads while training (default 2; inference is always timed with 2)",
+    )
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     return p.parse_args(argv)
 
@@ -412,9 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = dataclasses.replace(s, learning_rate=args.lr)
     if args.channels is not None:
         s = dataclasses.replace(s, channels=tuple(args.channels))
+    if args.train_threads is not None:
+        s = dataclasses.replace(s, train_threads=args.train_threads)
+    methods = tuple(args.methods) if args.methods else METHODS
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
     out = args.out or PROJECT_ROOT / "bench" / "results" / "cgs.json"
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(s.train_threads)
 
     wall: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -442,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     test_x, test_y = images[test_z], labels[test_z]
     runs: dict[str, dict[str, Any]] = {}
+    served: torch.nn.Module | None = None
     for seed in seeds:
         labeled_z, draws = draw_labeled(labels, pool_z, s.labeled_fraction, seed)
         unlabeled_z = [z for z in pool_z if z not in labeled_z]
@@ -462,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "methods": {},
         }
-        for method in METHODS:
+        for method in methods:
             t0 = time.perf_counter()
             net = init.generalist_only() if method == "supervised" else copy.deepcopy(init)
             torch.manual_seed(seed)
@@ -474,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     net, lx, ly, ux, s, seed, use_specialists=(method == "cgs")
                 )
                 model = trainer.serving_model()
+                served = model  # the last frame's served model (CGS of the last seed)
                 extra["final_mask_fractions"] = {
                     key: tail_mean(trainer.history, key) for key in ("mask_g", "mask_s", "mask_e")
                 }
@@ -502,7 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- inference cost
     t0 = time.perf_counter()
-    served = trainer.serving_model()  # CGS (last seed): teacher's generalist_only()
+    if served is None:  # development runs without a frame: an untrained CGS net's head
+        served = build_cgs_net(
+            spatial_dims=2, num_classes=num_classes, channels=s.channels,
+            feature_channels=s.feature_channels,
+        ).generalist_only()
     plain = build_plain_unet(
         spatial_dims=2, num_classes=num_classes, channels=s.channels,
         feature_channels=s.feature_channels,
@@ -535,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- summary
     summary: dict[str, Any] = {"per_class_pooled_dice": {}, "small_third": small}
-    for method in METHODS:
+    for method in methods:
         per_class = {
             name: summarize([runs[str(sd)]["methods"][method]["pooled_dice"][name] for sd in seeds])
             for name in names_by_size
@@ -575,23 +595,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.append(float(np.mean(vals)))
         return out
 
-    per_slice_small = {m: slice_small_third(m) for m in METHODS}
-    tests = {
-        "cgs_vs_mean_teacher": paired_wilcoxon(per_slice_small["cgs"], per_slice_small["mean_teacher"]),
-        "cgs_vs_supervised": paired_wilcoxon(per_slice_small["cgs"], per_slice_small["supervised"]),
-        "mean_teacher_vs_supervised": paired_wilcoxon(
-            per_slice_small["mean_teacher"], per_slice_small["supervised"]
-        ),
-    }
+    per_slice_small = {m: slice_small_third(m) for m in methods}
+    tests: dict[str, Any] = {}
+    pairs = (("cgs", "mean_teacher"), ("cgs", "supervised"), ("mean_teacher", "supervised"))
+    for a, b in pairs:
+        if a in methods and b in methods:
+            tests[f"{a}_vs_{b}"] = paired_wilcoxon(per_slice_small[a], per_slice_small[b])
     # and restricted to slices where a smallest-third structure is in the reference
     has_small = [
         i for i, z in enumerate(test_z)
         if any(bool((labels[z] == k).any()) for k, (n, _) in enumerate(STRUCTURES, 1) if n in small)
     ]
-    tests["cgs_vs_mean_teacher_slices_with_small_structure"] = paired_wilcoxon(
-        [per_slice_small["cgs"][i] for i in has_small],
-        [per_slice_small["mean_teacher"][i] for i in has_small],
-    )
+    if "cgs" in methods and "mean_teacher" in methods:
+        tests["cgs_vs_mean_teacher_slices_with_small_structure"] = paired_wilcoxon(
+            [per_slice_small["cgs"][i] for i in has_small],
+            [per_slice_small["mean_teacher"][i] for i in has_small],
+        )
     wall["total_s"] = time.perf_counter() - t_start
 
     # ---------------------------------------------------------------- table
@@ -601,21 +620,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, data["volume_voxels"][name],
             *(
                 _fmt(summary["per_class_pooled_dice"][m]["per_class"][name], len(seeds))
-                for m in METHODS
+                for m in methods
             ),
         ])
     rows.append(["mean smallest third", "", *(
-        _fmt(summary["per_class_pooled_dice"][m]["small_third_mean"], len(seeds)) for m in METHODS
+        _fmt(summary["per_class_pooled_dice"][m]["small_third_mean"], len(seeds)) for m in methods
     )])
     rows.append(["mean all", "", *(
-        _fmt(summary["per_class_pooled_dice"][m]["all_mean"], len(seeds)) for m in METHODS
+        _fmt(summary["per_class_pooled_dice"][m]["all_mean"], len(seeds)) for m in methods
     )])
     rows.append(["train s/run", "", *(
-        f"{summary['per_class_pooled_dice'][m]['train_wall_s']['mean']:.0f}" for m in METHODS
+        f"{summary['per_class_pooled_dice'][m]['train_wall_s']['mean']:.0f}" for m in methods
     )])
-    table = format_table(["structure", "voxels", *(METHOD_TITLES[m] for m in METHODS)], rows)
-    t_cgs = tests["cgs_vs_mean_teacher"]
-    t_small = tests["cgs_vs_mean_teacher_slices_with_small_structure"]
+    table = format_table(["structure", "voxels", *(METHOD_TITLES[m] for m in methods)], rows)
+    empty_test_result = {"n": 0, "mean_diff": None, "p_value": None}
+    t_cgs = tests.get("cgs_vs_mean_teacher", empty_test_result)
+    t_small = tests.get("cgs_vs_mean_teacher_slices_with_small_structure", empty_test_result)
     lines = [
         "",
         f"Pooled test Dice ({len(test_z)} test slices, {len(empty_test)} empty; "
@@ -646,6 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "note": args.note,
         "seeds": seeds,
+        "methods": list(methods),
         "settings": dataclasses.asdict(s),
         "design": {
             "data": f"{CT_FILE} + {SEG_FILE} (TotalSegmentator model output = pseudo ground "

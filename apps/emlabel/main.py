@@ -14,6 +14,7 @@ from emlabel.monailabel.aide import AIDEInfer, AIDETrainer3D
 from emlabel.monailabel.cgs import CGSInfer, CGSTrainTask, IHEDScoring
 from emlabel.monailabel.em import EMTrainTask, VerifierScoring, VerifierStrategy
 from emlabel.monailabel.infer import SegmentationInfer
+from emlabel.monailabel.stats import StatsTrainTask
 from emlabel.monailabel.train import SegmentationTrainer
 
 
@@ -44,6 +45,11 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 settings=self.settings,
                 description="AIDE: mean of two cross-correcting UNets; reports their disagreement",
             ),
+            "stats": SegmentationInfer(
+                model_path=str(self.model_dir / "stats.pt"),
+                settings=self.settings,
+                description="UNet learned from per-structure volumes and a few clicks",
+            ),
             "cgs": CGSInfer(
                 model_path=str(self.model_dir / "cgs.pt"),
                 settings=self.settings,
@@ -69,6 +75,11 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 model_path=str(self.model_dir / "cgs.pt"),
                 settings=self.settings,
                 description="CGS: generalist + one specialist head per structure, semi-supervised",
+            ),
+            "stats": StatsTrainTask(
+                model_path=str(self.model_dir / "stats.pt"),
+                settings=self.settings,
+                description="Learn masks from per-structure volumes and a few clicked voxels",
             ),
             "em": EMTrainTask(
                 model_path=str(self.model_dir / "em.pt"),

@@ -112,6 +112,15 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_stats(args: argparse.Namespace) -> int:
+    from emlabel.data.statistics import read_csv
+
+    datastore = _open_datastore(args.studies, args.config)
+    count = datastore.import_statistics(read_csv(args.csv), user=args.user)
+    print(f"imported {count} statistics from {args.csv}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emlabel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--user", help="who provided the labels (kept in provenance)")
     imp.add_argument("paths", nargs="+", help="label files or folders; file name = image id")
     imp.set_defaults(func=cmd_import_labels)
+
+    sts = sub.add_parser("import-stats", help="import per-structure volumes/areas from a CSV")
+    sts.add_argument("csv", help="CSV with columns image,structure,statistic,value")
+    sts.add_argument("--studies", required=True, help="studies folder")
+    sts.add_argument("--config", help="settings JSON (for the label map)")
+    sts.add_argument("--user", help="who measured them (kept with each value)")
+    sts.set_defaults(func=cmd_import_stats)
 
     exp = sub.add_parser("export-bundle", help="export a trained model as a MONAI bundle")
     exp.add_argument("--model", required=True, help="model name, e.g. segmentation")

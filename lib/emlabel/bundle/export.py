@@ -40,10 +40,13 @@ NETWORK_DEFS: dict[str, Any] = {
     "segmentation": lambda s: (unet_network_def(s), unet_network_def(s)),
     "aide": lambda s: (TORCHSCRIPT_NETWORK, aide_export_def(s)),
     "cgs": lambda s: (basic_unet_network_def(s), basic_unet_network_def(s)),
+    "stats": lambda s: (unet_network_def(s), unet_network_def(s)),
 }
 DESCRIPTIONS = {
     "segmentation": "3D UNet trained by EMLabel on the best available label of each image "
     "(human final > verified > corrected > imported).",
+    "stats": "3D UNet trained by EMLabel from per-structure volumes and a few clicked voxels "
+    "(summary statistics + weak supervision), alongside any full labels.",
     "cgs": "Generalist head of a CGS model trained by EMLabel (mean teacher with one specialist "
     "head per structure during training; the served network is a plain 3D U-Net).",
     "aide": "AIDE ensemble trained by EMLabel: two 3D UNets that corrected each other's noisy "

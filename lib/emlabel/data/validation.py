@@ -121,3 +121,15 @@ def validate_label_file(
         num_classes=num_classes,
         affine_tolerance=affine_tolerance,
     )
+
+
+def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Spatial shape of an image file (header only for NIfTI)."""
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            return tuple(int(n) for n in nib.load(str(path)).shape[:3])
+        except Exception as e:  # unreadable header: same message as read_array
+            raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
+    return read_array(path)[1].shape

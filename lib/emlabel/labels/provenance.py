@@ -23,6 +23,8 @@ class LabelKind(StrEnum):
     """A machine label that a verifier or a human review accepted."""
     CORRECTED = "corrected"
     """A machine correction of an earlier label (e.g. AIDE, EM)."""
+    WEAK = "weak"
+    """Predicted by a model trained from weak supervision (statistics + clicks)."""
     IMPORTED = "imported"
     """Brought in from outside (crowd, old model, hurried annotator)."""
     PSEUDO = "pseudo"

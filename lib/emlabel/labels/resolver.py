@@ -1,6 +1,7 @@
 """The resolver: the single place that decides which label a trainer learns from.
 
-Order: human final > verified machine label > corrected machine label > imported label.
+Order: human final > verified machine label > corrected machine label > label learned from
+statistics and clicks (weak) > imported label.
 Pseudo-labels are only used when asked for. Within a kind the newest version wins.
 Archived versions (replaced under their tag) are history, never candidates.
 """
@@ -13,9 +14,10 @@ from emlabel.labels.provenance import LabelKind
 from emlabel.labels.versions import LabelVersion
 
 KIND_RANK: dict[LabelKind, int] = {
-    LabelKind.HUMAN: 4,
-    LabelKind.VERIFIED: 3,
-    LabelKind.CORRECTED: 2,
+    LabelKind.HUMAN: 5,
+    LabelKind.VERIFIED: 4,
+    LabelKind.CORRECTED: 3,
+    LabelKind.WEAK: 2,
     LabelKind.IMPORTED: 1,
     LabelKind.PSEUDO: 0,
 }

@@ -256,6 +256,48 @@ class VersionedDatastore(LocalDatastore):
         else:
             write()
 
+    # ------------------------------------------------------- statistics + clicks
+    def store_statistic(
+        self, image_id: str, raw: dict[str, Any], *, source: str, user: str | None = None
+    ) -> dict[str, Any]:
+        """Validate and add a statistic and/or clicks for one structure (history kept)."""
+        from emlabel.data import statistics
+        from emlabel.data.validation import image_shape
+
+        path = self.require_image(image_id)
+        entry = statistics.parse_entry(
+            raw,
+            image_id=image_id,
+            label_map=self._settings.label_map,
+            image_shape=image_shape(path),
+        )
+        return self._merge_statistic(entry, source=source, user=user)
+
+    def _merge_statistic(self, entry: Any, *, source: str, user: str | None) -> dict[str, Any]:
+        from emlabel.data import statistics
+
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            info = self._datastore.objects[entry.image_id].image.info
+            info[statistics.INFO_KEY] = statistics.merged_info(
+                info.get(statistics.INFO_KEY), entry, source=source, user=user
+            )
+            self._update_datastore_file(lock=False)
+            return info[statistics.INFO_KEY]["structures"][entry.structure]
+
+    def import_statistics(self, rows: list[dict[str, Any]], *, user: str | None = None) -> int:
+        """CSV rows ``image,structure,statistic,value``: all valid, or nothing stored."""
+        from emlabel.data import statistics
+        from emlabel.data.validation import image_shape
+
+        shapes = {i: image_shape(self.require_image(i)) for i in self.list_images()}
+        entries = statistics.validate_rows(
+            rows, image_shapes=shapes, label_map=self._settings.label_map
+        )
+        for entry in entries:
+            self._merge_statistic(entry, source="import", user=user)
+        return len(entries)
+
     # ------------------------------------ stock reads, always of the current index
     # Trainers run in another process and write the index there; every read here first
     # reloads it if it changed (one stat call), so the server never serves a stale view.

@@ -70,6 +70,23 @@ def export_bundle_zip(
     return FileResponse(archive, media_type="application/zip", filename=f"{model}_bundle.zip")
 
 
+async def put_statistic(
+    image: str,
+    body: dict,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    """``PUT /emlabel/stats?image=ID``: a structure's volume/area and/or clicked voxels.
+
+    Body: ``{"structure": "lesion", "statistic": "volume_mm3", "value": 1234.5,
+    "clicks_inside": [[x, y, z], ...], "clicks_outside": [...]}`` (voxel indices of the
+    image file). Earlier values are kept in the structure's history.
+    """
+    datastore = app_instance().datastore()
+    return http_errors(datastore.store_statistic)(
+        image, body, source="api", user=getattr(user, "username", None)
+    )
+
+
 def install_request_guards() -> None:
     """Put the guards ahead of the stock routes (only inside a running server)."""
     module = sys.modules.get("monailabel.app")
@@ -90,6 +107,13 @@ def install_request_guards() -> None:
             methods=["GET"],
             name=_INSTALLED_TAG,
             summary="Export a trained model as a MONAI bundle (zip)",
+        ),
+        APIRoute(
+            f"{prefix}/emlabel/stats",
+            put_statistic,
+            methods=["PUT"],
+            name=_INSTALLED_TAG,
+            summary="Store a structure's volume/area and clicks for an image",
         ),
     ]
     for route in reversed(guards):

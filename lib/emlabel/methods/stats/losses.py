@@ -243,9 +243,7 @@ def stats_loss(
     logits = class_logits(logits)
     b = logits.shape[0]
     if images.shape[0] != b or images.shape[2:] != logits.shape[2:]:
-        raise ValueError(
-            f"images {tuple(images.shape)} do not match logits {tuple(logits.shape)}"
-        )
+        raise ValueError(f"images {tuple(images.shape)} do not match logits {tuple(logits.shape)}")
     if len(targets) != b:
         raise ValueError(f"{len(targets)} targets for a batch of {b} images")
     probs = torch.softmax(logits, dim=1)

@@ -100,9 +100,7 @@ class StructureStats:
             )
         both = _coordinate_set(clicks_in) & _coordinate_set(clicks_out)
         if both:
-            raise ValueError(
-                f"structure {s}: voxel {min(both)} is clicked both inside and outside"
-            )
+            raise ValueError(f"structure {s}: voxel {min(both)} is clicked both inside and outside")
         object.__setattr__(self, "clicks_in", clicks_in)
         object.__setattr__(self, "clicks_out", clicks_out)
 

@@ -140,9 +140,7 @@ class StatsTrainer:
         elif full_label_mask is not None:
             raise ValueError("full_label_mask was given without full_labels")
 
-        self.optimizer = torch.optim.Adam(
-            self.network.parameters(), lr=self.options.learning_rate
-        )
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.options.learning_rate)
         self.rng = torch.Generator().manual_seed(self.options.seed)
         self.history: list[StatsEpochStats] = []
 

@@ -1,0 +1,236 @@
+"""Learning from statistics + clicks in the app: trainer ``stats`` and infer ``stats``.
+
+Every image with a statistic or clicks (image info ``emlabel.stats``) is trained with the
+summary-statistics loss; images with a usable label are trained with DiceCE alongside.
+After training succeeded, the model is published and its prediction for every image with
+statistics/clicks (and no human label) becomes a new ``weak`` label version, which the
+verifier, the EM loop and human review take from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from emlabel.checkpoints import publish_checkpoint
+from emlabel.data.statistics import INFO_KEY
+from emlabel.errors import InvalidRequestError
+from emlabel.labels import LabelKind, Provenance
+from emlabel.labels.provenance import now_iso
+from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer, StructureStats
+from emlabel.monailabel.datastore import VersionedDatastore
+from emlabel.monailabel.infer import segmentation_unet
+from emlabel.monailabel.tasks import StatsFileTrainTask, parse_options
+from emlabel.settings import AppSettings, settings_to_dict
+from emlabel.training.loading import LoadedSet, load_items, to_original_grid
+
+logger = logging.getLogger(__name__)
+
+MULTIPLE_OF_UNET = 8
+
+
+def map_voxels(points: list[list[int]], source_affine: np.ndarray, target_affine: np.ndarray,
+               shape: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
+    """Voxel indices of one grid -> the nearest voxel indices of another (via world space)."""
+    if not points:
+        return torch.zeros((0, len(shape)), dtype=torch.long)
+    ijk = np.c_[np.asarray(points, dtype=float), np.ones(len(points))]
+    mapped = (np.linalg.inv(target_affine) @ source_affine @ ijk.T).T[:, :3]
+    mapped = np.clip(np.rint(mapped), 0, np.asarray(shape) - 1).astype(np.int64)
+    return torch.as_tensor(mapped)
+
+
+class StatsTrainTask(StatsFileTrainTask):
+    """Trainer ``stats``: masks from a known volume per structure and a few clicked voxels."""
+
+    REQUEST_KEYS: tuple[str, ...] = (
+        "max_epochs",
+        "learning_rate",
+        "lambda_stat",
+        "lambda_overlap",
+        "lambda_rec",
+        "use_reconstruction",
+        "batch_size",
+        "seed",
+    )
+
+    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
+        super().__init__(description, model_path)
+        self._settings = settings
+        self._defaults = StatsOptions(
+            max_epochs=settings.max_epochs, batch_size=2, seed=settings.seed
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
+
+    def parse_request(self, request: dict[str, Any]) -> StatsOptions:
+        return parse_options(request, self._defaults, self.REQUEST_KEYS, what="stats")
+
+    def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
+        options = self.parse_request(request)
+        settings = self._settings
+        items, weak_ids, parents = [], [], {}
+        for image_id in sorted(datastore.list_images()):
+            best = datastore.best_label(image_id)
+            has_stats = bool(
+                (datastore.get_image_info(image_id).get(INFO_KEY) or {}).get("structures")
+            )
+            if best is None and not has_stats:
+                continue
+            item = {"id": image_id, "image": datastore.require_image(image_id)}
+            if best is not None:
+                item["label"] = datastore.get_label_uri(image_id, best.tag)
+            if has_stats and (best is None or best.kind != LabelKind.HUMAN):
+                weak_ids.append(image_id)
+                parents[image_id] = best.tag if best else None
+            items.append(item)
+        if not weak_ids:
+            raise InvalidRequestError(
+                "stats needs images with statistics or clicks (PUT /emlabel/stats or emlabel import-stats)"
+            )
+        data = load_items(items, settings=settings, multiple_of=MULTIPLE_OF_UNET)
+        targets = [self._targets(datastore, data, i) for i in range(len(data.ids))]
+        full_mask = data.has_label.clone()
+        trainer = StatsTrainer(
+            lambda: segmentation_unet(settings),
+            data.images,
+            targets,
+            full_labels=data.labels,
+            full_label_mask=full_mask,
+            options=options,
+        )
+        started = now_iso()
+        history: list[dict[str, Any]] = []
+
+        def on_epoch(stats: Any) -> None:
+            row = dataclasses.asdict(stats)
+            history.append(row)
+            logger.info(
+                "stats epoch %d: loss %.4f (stat %s, ovl %s, rec %s, full %s), area error %.3f",
+                stats.epoch + 1, stats.loss, stats.loss_stat, stats.loss_ovl, stats.loss_rec,
+                stats.loss_full, stats.area_error,
+            )  # fmt: skip
+            self.write_stats(self._stats("RUNNING", started, options, history, data, weak_ids))
+
+        trainer.fit(on_epoch=on_epoch)
+        meta = {
+            "method": "stats",
+            "labels": list(settings.labels),
+            "settings": settings_to_dict(settings),
+            "stats_options": dataclasses.asdict(options),
+            "trained_at": now_iso(),
+            "weak_ids": weak_ids,
+        }
+        checksum = publish_checkpoint(self.model_path, trainer.network.state_dict(), meta)
+        model = f"{self.model_path.name}@sha256:{checksum[:16]}"
+        written = self._write_predictions(
+            datastore, data, trainer, weak_ids, parents, targets, model
+        )
+        return self.write_stats(
+            self._stats(
+                "DONE",
+                started,
+                options,
+                history,
+                data,
+                weak_ids,
+                checksum=checksum,
+                written=written,
+            )
+        )
+
+    def _targets(self, datastore: VersionedDatastore, data: LoadedSet, i: int) -> ImageTargets:
+        """Statistics and clicks of image i, with clicks mapped onto the training grid."""
+        image_id = data.ids[i]
+        info = (datastore.get_image_info(image_id).get(INFO_KEY) or {}).get("structures", {})
+        source_affine = nib.load(datastore.require_image(image_id)).affine
+        target_affine = np.asarray(data.processed[i].affine, dtype=float)
+        shape = tuple(data.images.shape[2:])
+        structures = []
+        for name, record in info.items():
+            value = self._settings.label_map.get(name)
+            if value is None:
+                continue
+            structures.append(
+                StructureStats(
+                    structure=value,
+                    area_mm=record.get("value"),
+                    clicks_in=map_voxels(
+                        record.get("clicks_inside", []), source_affine, target_affine, shape
+                    ),
+                    clicks_out=map_voxels(
+                        record.get("clicks_outside", []), source_affine, target_affine, shape
+                    ),
+                )
+            )
+        return ImageTargets(spacing=tuple(self._settings.target_spacing), structures=structures)
+
+    def _write_predictions(
+        self, datastore, data, trainer, weak_ids, parents, targets, model
+    ) -> list[str]:
+        labels = trainer.predict_labels(data.images)
+        tags = []
+        with tempfile.TemporaryDirectory(prefix="emlabel-stats-") as tmp:
+            for image_id in weak_ids:
+                i = data.ids.index(image_id)
+                array = to_original_grid(labels[i].long(), data.processed[i], data.inverter)
+                image = nib.load(datastore.require_image(image_id))
+                path = Path(tmp) / f"{image_id}.nii.gz"
+                nib.save(nib.Nifti1Image(array, image.affine), path)
+                errors = volume_errors(labels[i], targets[i], self._settings)
+                version = datastore.add_version(
+                    image_id,
+                    str(path),
+                    Provenance(
+                        kind=LabelKind.WEAK,
+                        source="stats",
+                        version=0,
+                        parent=parents.get(image_id),
+                        model=model,
+                        scores={f"volume_error_{k}": v for k, v in errors.items()},
+                        reason="predicted by a model trained from summary statistics and clicks",
+                    ),
+                )
+                tags.append(version.tag)
+        return tags
+
+    def _stats(
+        self, state, started, options, history, data, weak_ids, *, checksum=None, written=None
+    ):
+        last = history[-1] if history else {}
+        return {
+            "state": state,
+            "start_ts": started,
+            "epochs": len(history),
+            "max_epochs": options.max_epochs,
+            "loss": last.get("loss"),
+            "area_error": last.get("area_error"),
+            "images": len(data.ids),
+            "weak_images": len(weak_ids),
+            "full_label_images": int(data.has_label.sum()),
+            "label_versions_written": written,
+            "model_sha256": checksum,
+            "history": history,
+        }
+
+
+def volume_errors(
+    label: torch.Tensor, targets: ImageTargets, settings: AppSettings
+) -> dict[str, float]:
+    """|predicted volume - target| / target per structure with a known volume."""
+    names = {v: k for k, v in settings.label_map.items()}
+    voxel = float(np.prod(targets.spacing))
+    errors = {}
+    for s in targets.structures:
+        if s.area_mm:
+            predicted = float((label == s.structure).sum()) * voxel
+            errors[names[s.structure]] = round(abs(predicted - s.area_mm) / s.area_mm, 4)
+    return errors
