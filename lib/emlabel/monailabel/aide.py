@@ -27,7 +27,7 @@ from emlabel.labels.provenance import now_iso
 from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpdate, label_dice
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.infer import segmentation_unet as _unet
-from emlabel.monailabel.tasks import StatsFileTrainTask, VolumeInferTask, parse_options
+from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
 from emlabel.nets.ensemble import PairedSoftmaxEnsemble, split_paired_output
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 IMAGE_INFO_KEY = "emlabel.aide"
 
 
-class AIDETrainer3D(StatsFileTrainTask):
+class AIDETrainer3D(OptionsTrainTask):
     """Trainer ``aide``: two UNets cross-correcting the noisy labels of the studies."""
 
     REQUEST_KEYS: tuple[str, ...] = (
@@ -50,6 +50,8 @@ class AIDETrainer3D(StatsFileTrainTask):
         "seed",
     )
 
+    OPTION_NAME = "aide"
+
     def __init__(
         self,
         *,
@@ -58,17 +60,11 @@ class AIDETrainer3D(StatsFileTrainTask):
         settings: AppSettings,
         description: str,
     ) -> None:
-        super().__init__(description, model_path)
-        self._settings = settings
+        super().__init__(model_path=model_path, settings=settings, description=description)
         self.segmentation_model_path = Path(segmentation_model_path)
-        self._defaults = AIDEOptions(max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2)
 
-    def config(self) -> dict[str, Any]:
-        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
-
-    def parse_request(self, request: dict[str, Any]) -> AIDEOptions:
-        """AIDE options for one run: defaults overridden by the request's allowed keys."""
-        return parse_options(request, self._defaults, self.REQUEST_KEYS, what="aide")
+    def default_options(self, settings: AppSettings) -> Any:
+        return AIDEOptions(max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2)
 
     # ------------------------------------------------------------------ run
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
@@ -285,4 +281,6 @@ class AIDEInfer(VolumeInferTask):
         )
 
     def extra_post_transforms(self) -> list:
-        return [SplitPairedd(num_classes=self._settings.num_classes, model_path=Path(self.path[-1]))]
+        return [
+            SplitPairedd(num_classes=self._settings.num_classes, model_path=Path(self.path[-1]))
+        ]

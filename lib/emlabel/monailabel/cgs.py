@@ -22,7 +22,7 @@ from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.cgs import CGSOptions, CGSTrainer, head_decisions, ihed_consistent
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.monailabel.tasks import StatsFileTrainTask, VolumeInferTask, parse_options
+from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
 from emlabel.nets.cgs import CGSNet, build_cgs_net, build_plain_unet
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import load_items
@@ -53,7 +53,7 @@ def cgs_serving_network(settings: AppSettings) -> torch.nn.Module:
     )
 
 
-class CGSTrainTask(StatsFileTrainTask):
+class CGSTrainTask(OptionsTrainTask):
     """Trainer ``cgs``: mean teacher with a generalist and one specialist per structure."""
 
     REQUEST_KEYS: tuple[str, ...] = (
@@ -66,18 +66,12 @@ class CGSTrainTask(StatsFileTrainTask):
         "seed",
     )
 
-    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
-        super().__init__(description, model_path)
-        self._settings = settings
-        self._defaults = CGSOptions(
+    OPTION_NAME = "cgs"
+
+    def default_options(self, settings: AppSettings) -> Any:
+        return CGSOptions(
             max_iterations=200, labeled_batch_size=2, unlabeled_batch_size=2, seed=settings.seed
         )
-
-    def config(self) -> dict[str, Any]:
-        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
-
-    def parse_request(self, request: dict[str, Any]) -> CGSOptions:
-        return parse_options(request, self._defaults, self.REQUEST_KEYS, what="cgs")
 
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         options = self.parse_request(request)

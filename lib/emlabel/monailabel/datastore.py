@@ -196,7 +196,9 @@ class VersionedDatastore(LocalDatastore):
             info[INFO_KEY] = provenance.to_info()
             obj.labels[tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
-        logger.info("stored %s/%s as version %d (%s)", tag, image_id, provenance.version, provenance.kind)
+        logger.info(
+            "stored %s/%s as version %d (%s)", tag, image_id, provenance.version, provenance.kind
+        )
         return LabelVersion(image_id=image_id, tag=tag, provenance=provenance)
 
     def _archive(self, image_id: str, tag: str, old: DataModel) -> None:
@@ -392,9 +394,7 @@ class VersionedDatastore(LocalDatastore):
             if image_id in self._datastore.objects:
                 raise InvalidRequestError(f"image '{image_id}' already exists; nothing replaced")
             dest = Path(self._datastore.image_path()) / self._filename(image_id, ext)
-            atomic_write_with(
-                lambda tmp: _copy(image_filename, tmp), dest, tmp_dir=self._tmp_dir
-            )
+            atomic_write_with(lambda tmp: _copy(image_filename, tmp), dest, tmp_dir=self._tmp_dir)
             info = dict(image_info or {}) | {"ts": int(os.path.getmtime(dest)), "name": dest.name}
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
             self._update_datastore_file(lock=False)

@@ -33,7 +33,7 @@ from emlabel.methods.em import Decision, EMOptions, decide
 from emlabel.metrics import dice
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.infer import segmentation_unet
-from emlabel.monailabel.tasks import StatsFileTrainTask, parse_options
+from emlabel.monailabel.tasks import OptionsTrainTask
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 from emlabel.training.supervised import split_items, train_supervised
@@ -319,7 +319,7 @@ def operating_point(records: list[dict[str, Any]], target: float) -> dict[str, A
 
 
 # ----------------------------------------------------------------------------- trainer
-class EMTrainTask(StatsFileTrainTask):
+class EMTrainTask(OptionsTrainTask):
     """Trainer ``em``: E-step (verify, correct, route) then M-step (retrain), per iteration.
 
     Writes happen only after the last M-step succeeded: the segmentation model, then the
@@ -335,6 +335,8 @@ class EMTrainTask(StatsFileTrainTask):
         "seed",
     )
 
+    OPTION_NAME = "em"
+
     def __init__(
         self,
         *,
@@ -343,17 +345,12 @@ class EMTrainTask(StatsFileTrainTask):
         settings: AppSettings,
         description: str,
     ) -> None:
-        super().__init__(description, model_path)
-        self._settings = settings
+        super().__init__(model_path=model_path, settings=settings, description=description)
         self.segmentation_model_path = Path(segmentation_model_path)
         self.files = EMFiles(self.model_path.parent)
-        self._defaults = EMOptions(epochs=settings.max_epochs, seed=settings.seed)
 
-    def config(self) -> dict[str, Any]:
-        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
-
-    def parse_request(self, request: dict[str, Any]) -> EMOptions:
-        return parse_options(request, self._defaults, self.REQUEST_KEYS, what="em")
+    def default_options(self, settings: AppSettings) -> Any:
+        return EMOptions(epochs=settings.max_epochs, seed=settings.seed)
 
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         options = self.parse_request(request)

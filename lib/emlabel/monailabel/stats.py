@@ -27,7 +27,7 @@ from emlabel.labels.provenance import now_iso
 from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer, StructureStats
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.infer import segmentation_unet
-from emlabel.monailabel.tasks import StatsFileTrainTask, parse_options
+from emlabel.monailabel.tasks import OptionsTrainTask
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 
@@ -47,7 +47,7 @@ def map_voxels(points: list[list[int]], source_affine: np.ndarray, target_affine
     return torch.as_tensor(mapped)
 
 
-class StatsTrainTask(StatsFileTrainTask):
+class StatsTrainTask(OptionsTrainTask):
     """Trainer ``stats``: masks from a known volume per structure and a few clicked voxels."""
 
     REQUEST_KEYS: tuple[str, ...] = (
@@ -61,18 +61,10 @@ class StatsTrainTask(StatsFileTrainTask):
         "seed",
     )
 
-    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
-        super().__init__(description, model_path)
-        self._settings = settings
-        self._defaults = StatsOptions(
-            max_epochs=settings.max_epochs, batch_size=2, seed=settings.seed
-        )
+    OPTION_NAME = "stats"
 
-    def config(self) -> dict[str, Any]:
-        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
-
-    def parse_request(self, request: dict[str, Any]) -> StatsOptions:
-        return parse_options(request, self._defaults, self.REQUEST_KEYS, what="stats")
+    def default_options(self, settings: AppSettings) -> Any:
+        return StatsOptions(max_epochs=settings.max_epochs, batch_size=2, seed=settings.seed)
 
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         options = self.parse_request(request)

@@ -38,7 +38,9 @@ def parse_options(
     overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise InvalidRequestError(f"unknown {what} option(s) {unknown}; valid: {', '.join(allowed)}")
+        raise InvalidRequestError(
+            f"unknown {what} option(s) {unknown}; valid: {', '.join(allowed)}"
+        )
     hints = typing.get_type_hints(type(defaults))
     values = {}
     for key, raw in overrides.items():
@@ -91,6 +93,33 @@ class StatsFileTrainTask(TrainTask):
     def write_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
         atomic_write_json(stats, self.stats_path)
         return stats
+
+
+class OptionsTrainTask(StatsFileTrainTask):
+    """A trainer whose requests may override some typed options (``REQUEST_KEYS``).
+
+    Subclasses set ``REQUEST_KEYS`` and ``OPTION_NAME`` and build their default options
+    from the app settings in :meth:`default_options`; ``config()`` shows the defaults to
+    clients and ``parse_request`` gives the typed options of one run (400 on bad input).
+    """
+
+    REQUEST_KEYS: tuple[str, ...] = ()
+    OPTION_NAME = "train"
+
+    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
+        super().__init__(description, model_path)
+        self._settings = settings
+        self._defaults = self.default_options(settings)
+
+    def default_options(self, settings: AppSettings) -> Any:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self._defaults, k) for k in self.REQUEST_KEYS}
+
+    def parse_request(self, request: dict[str, Any]) -> Any:
+        """Typed options for one run: defaults overridden by the request's allowed keys."""
+        return parse_options(request, self._defaults, self.REQUEST_KEYS, what=self.OPTION_NAME)
 
 
 def run_chain_hiding_image_path(data: dict[str, Any], compose: mt.Compose) -> dict[str, Any]:

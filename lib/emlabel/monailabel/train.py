@@ -15,14 +15,14 @@ from emlabel.checkpoints import publish_checkpoint
 from emlabel.labels.provenance import now_iso
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.infer import segmentation_unet
-from emlabel.monailabel.tasks import StatsFileTrainTask, parse_options
+from emlabel.monailabel.tasks import OptionsTrainTask
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.supervised import EpochStats, split_items, train_supervised
 
 logger = logging.getLogger(__name__)
 
 
-class SegmentationTrainer(StatsFileTrainTask):
+class SegmentationTrainer(OptionsTrainTask):
     """Trains the UNet that the ``segmentation`` infer task serves."""
 
     #: Settings a train request may override (e.g. ``{"max_epochs": 1}``).
@@ -34,16 +34,10 @@ class SegmentationTrainer(StatsFileTrainTask):
         "seed",
     )
 
-    def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
-        super().__init__(description, model_path)
-        self._settings = settings
+    OPTION_NAME = "train"
 
-    def config(self) -> dict[str, Any]:
-        return {k: getattr(self._settings, k) for k in self.REQUEST_KEYS}
-
-    def parse_request(self, request: dict[str, Any]) -> AppSettings:
-        """Settings for one run: the app's, overridden by the request's allowed keys."""
-        return parse_options(request, self._settings, self.REQUEST_KEYS, what="train")
+    def default_options(self, settings: AppSettings) -> Any:
+        return settings
 
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         settings = self.parse_request(request)
