@@ -67,3 +67,6 @@ def test_stats_from_volumes_and_clicks(server):
         provenance = next(iter(weak.values()))["info"]["emlabel"]
         assert provenance["kind"] == "weak" and provenance["source"] == "stats"
         assert "volume_error_liver" in provenance["scores"]
+
+    with urllib.request.urlopen(f"{server.url}/emlabel/bundle/stats", timeout=300) as r:
+        assert r.status == 200 and len(r.read()) > 1000  # the stats model exports as a bundle
