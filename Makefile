@@ -1,7 +1,8 @@
 # EMLabel developer entry points. `make serve` and `make test` are the README's two commands.
 PYTHON  ?= python3
 VENV    ?= .venv
-STUDIES ?= demo-studies
+DEMO_STUDIES := demo-studies
+STUDIES ?= $(DEMO_STUDIES)
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 CONF    ?=
@@ -34,9 +35,11 @@ install: $(STAMP)
 	  || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 demo: install
-	@test -f $(STUDIES)/emlabel_demo/manifest.json || $(VENV)/bin/emlabel demo --out $(STUDIES)
+	@test -f $(DEMO_STUDIES)/emlabel_demo/manifest.json || $(VENV)/bin/emlabel demo --out $(DEMO_STUDIES)
 
-serve: demo
+# The demo studies are generated only when serving them (never into your own folder).
+serve: install
+	@if [ "$(STUDIES)" = "$(DEMO_STUDIES)" ]; then $(MAKE) --no-print-directory demo; fi
 	@echo ""
 	@echo "== EMLabel on http://$(HOST):$(PORT)  (studies: $(STUDIES))"
 	@echo "   3D Slicer: MONAI Label module -> MONAI Label server: http://$(HOST):$(PORT) -> refresh"
@@ -53,4 +56,4 @@ test: install
 	$(PY) -m pytest
 
 clean-demo:
-	rm -rf $(STUDIES)
+	rm -rf $(DEMO_STUDIES)
