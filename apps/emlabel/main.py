@@ -59,7 +59,7 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
         return infers | self.bundle_infers(taken=set(infers))
 
     def init_trainers(self) -> dict[str, Any]:
-        return {
+        trainers = {
             "segmentation": SegmentationTrainer(
                 model_path=str(self.model_dir / "segmentation.pt"),
                 settings=self.settings,
@@ -88,6 +88,7 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
                 description="EM relabeling: verifier + expert correct labels, then retrain",
             ),
         }
+        return trainers | self.bundle_trainers(taken=set(trainers))
 
     def init_scoring_methods(self) -> dict[str, Any]:
         return {

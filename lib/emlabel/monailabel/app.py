@@ -98,6 +98,25 @@ class EMLabelAppBase(MONAILabelApp):
             tasks[name] = task
         return tasks
 
+    def bundle_trainers(self, taken: set[str]) -> dict[str, Any]:
+        """A trainer per served bundle that has ``configs/train.json`` (MONAI Label's own)."""
+        from monailabel.tasks.train.bundle import BundleTrainTask
+
+        trainers: dict[str, Any] = {}
+        for folder in self.settings.bundles:
+            path = Path(folder).expanduser().resolve()
+            if not (path / "configs" / "train.json").is_file():
+                continue
+            if path.name in taken:
+                raise SystemExit(
+                    f"EMLabel: bad configuration: setting 'bundles': the trainer name "
+                    f"'{path.name}' is already taken; rename the bundle folder"
+                )
+            task = BundleTrainTask(str(path), {k: str(v) for k, v in self.conf.items()})
+            if task.is_valid():
+                trainers[path.name] = task
+        return trainers
+
     @staticmethod
     def _verify_bundle_metadata(folder: str, path: Path) -> None:
         """Refuse a bundle whose metadata.json breaks the MONAI schema (local copy only)."""
