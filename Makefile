@@ -20,7 +20,9 @@ export MONAI_LABEL_TRACKING_ENABLED := false
 
 .PHONY: install serve test lint demo bench-info clean-demo
 
-$(STAMP): $(INSTALL_FILES)
+# The stamp's name carries the hash of the install files, so it needs no file-time
+# prerequisites (a fresh clone's files are always newer than a cached venv's stamp).
+$(STAMP):
 	@echo "== installing the EMLabel stack into $(VENV) (first time: ~4-6 min, ~8 GB)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
