@@ -7,6 +7,12 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 CONF    ?=
 PY      := $(VENV)/bin/python
+# DICOMweb mode (make serve-dicomweb): Orthanc's port and the folder holding its database
+# and MONAI Label's DICOMweb cache (every label version).
+ORTHANC_PORT   ?= 8042
+DICOMWEB_STATE ?= .dicomweb
+ORTHANC_DEBS   := orthanc orthanc-dicomweb
+SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Every file that defines the install; a change to any of them rebuilds the venv from scratch.
 INSTALL_FILES := requirements.txt requirements-dev.txt constraints.txt pyproject.toml
@@ -18,7 +24,7 @@ export SAM2_BUILD_CUDA := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MONAI_LABEL_TRACKING_ENABLED := false
 
-.PHONY: install serve test lint demo bench-info clean-demo
+.PHONY: install serve serve-dicomweb orthanc-packages test lint demo bench-info clean-demo
 
 # The stamp's name carries the hash of the install files, so it needs no file-time
 # prerequisites (a fresh clone's files are always newer than a cached venv's stamp).
@@ -49,6 +55,22 @@ serve: install
 	@echo ""
 	$(PY) -m monailabel.main start_server --app apps/emlabel --studies $(STUDIES) \
 	  --host $(HOST) --port $(PORT) $(CONF)
+
+# Orthanc + its DICOMweb plugin from Debian (needs root or sudo the first time).
+orthanc-packages:
+	@if ! dpkg -s $(ORTHANC_DEBS) >/dev/null 2>&1; then \
+	  echo "== installing Debian packages $(ORTHANC_DEBS) (needs root or sudo)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y $(ORTHANC_DEBS) \
+	    || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(ORTHANC_DEBS); }; \
+	fi
+
+# DICOMweb mode: a private Orthanc on 127.0.0.1:$(ORTHANC_PORT) with the studies as DICOM series
+# (final labels as DICOM-SEG), and EMLabel on its DICOMweb URL. Ctrl-C stops both.
+serve-dicomweb: install orthanc-packages
+	@if [ "$(STUDIES)" = "$(DEMO_STUDIES)" ]; then $(MAKE) --no-print-directory demo; fi
+	$(VENV)/bin/emlabel serve-dicomweb --studies $(STUDIES) --state-dir $(DICOMWEB_STATE) \
+	  --orthanc-port $(ORTHANC_PORT) --host $(HOST) --port $(PORT) -- $(CONF)
 
 lint: install
 	$(PY) -m ruff check .

@@ -63,3 +63,16 @@ def server(tiny_demo_template: Path, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copytree(tiny_demo_template, studies)
     with running_server(studies, work) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def dicomweb(tiny_demo_template: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Orthanc + the tiny demo as DICOM + EMLabel on Orthanc's DICOMweb URL (one per session).
+
+    Fails when Orthanc or dcmqi is missing (skips only with EMLABEL_SKIP_VIEWER_TESTS=1).
+    """
+    from tests.support.dicomweb import dicomweb_stack, require_tools
+
+    require_tools(browser=False)
+    with dicomweb_stack(tiny_demo_template, tmp_path_factory.mktemp("dicomweb")) as stack:
+        yield stack

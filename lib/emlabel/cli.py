@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -121,6 +122,55 @@ def cmd_import_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orthanc(args: argparse.Namespace) -> int:
+    """A private Orthanc in the foreground (Ctrl-C stops it), studies uploaded first."""
+    import signal
+
+    from emlabel.dicomweb.orthanc import OrthancConfig, start_orthanc
+    from emlabel.dicomweb.upload import upload_studies
+
+    orthanc = start_orthanc(OrthancConfig(work_dir=Path(args.dir), http_port=args.port))
+    with orthanc:
+        if args.upload:
+            labels = _settings(args.config).labels
+            uploaded = upload_studies(args.upload, orthanc.url, labels=labels)
+            print(f"uploaded {len(uploaded)} series from {args.upload}")
+        print(f"Orthanc on {orthanc.url}, DICOMweb {orthanc.dicomweb_url} (Ctrl-C stops it)")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with contextlib.suppress(KeyboardInterrupt):
+            orthanc.process.wait()
+    return 0
+
+
+def cmd_dicomweb_upload(args: argparse.Namespace) -> int:
+    from emlabel.dicomweb.upload import upload_studies
+
+    labels = _settings(args.config).labels
+    uploaded = upload_studies(args.studies, args.url, labels=labels)
+    for image_id, item in uploaded.items():
+        seg = f", final label as SEG {item.seg_series_uid}" if item.seg_series_uid else ""
+        print(f"{image_id}: study {item.ids.study_uid} series {item.ids.series_uid}{seg}")
+    return 0
+
+
+def cmd_serve_dicomweb(args: argparse.Namespace) -> int:
+    from emlabel.dicomweb.serve import DICOMwebServeOptions, serve_dicomweb
+
+    options = DICOMwebServeOptions(
+        studies=Path(args.studies),
+        state_dir=Path(args.state_dir),
+        orthanc_port=args.orthanc_port,
+        host=args.host,
+        port=args.port,
+        app_dir=Path(args.app_dir),
+        labels=_settings(args.config).labels,
+        server_args=tuple(
+            args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args
+        ),
+    )
+    return serve_dicomweb(options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emlabel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +210,36 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true", help="print JSON")
     ver.add_argument("image", help="image id")
     ver.set_defaults(func=cmd_versions)
+
+    orth = sub.add_parser("orthanc", help="run a private Orthanc (DICOMweb) in the foreground")
+    orth.add_argument("--dir", required=True, help="folder for its configuration and database")
+    orth.add_argument("--port", type=int, default=8042, help="HTTP port (default 8042)")
+    orth.add_argument("--upload", help="studies folder to convert to DICOM and upload first")
+    orth.add_argument("--config", help="settings JSON (label names for the SEG segments)")
+    orth.set_defaults(func=cmd_orthanc)
+
+    upl = sub.add_parser(
+        "dicomweb-upload", help="upload a studies folder to Orthanc (finals as DICOM-SEG)"
+    )
+    upl.add_argument("--studies", required=True, help="studies folder")
+    upl.add_argument("--url", default="http://127.0.0.1:8042", help="Orthanc REST URL")
+    upl.add_argument("--config", help="settings JSON (label names for the SEG segments)")
+    upl.set_defaults(func=cmd_dicomweb_upload)
+
+    srv = sub.add_parser(
+        "serve-dicomweb", help="Orthanc + upload + EMLabel on Orthanc's DICOMweb URL"
+    )
+    srv.add_argument("--studies", required=True, help="studies folder to upload")
+    srv.add_argument("--state-dir", default=".dicomweb", help="Orthanc database and cache")
+    srv.add_argument("--orthanc-port", type=int, default=8042)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--app-dir", default="apps/emlabel")
+    srv.add_argument("--config", help="settings JSON (label names for the SEG segments)")
+    srv.add_argument(
+        "server_args", nargs=argparse.REMAINDER, help="after --: extra start_server arguments"
+    )
+    srv.set_defaults(func=cmd_serve_dicomweb)
     return parser
 
 

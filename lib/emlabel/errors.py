@@ -39,3 +39,9 @@ class SettingsError(EMLabelError):
     """A configuration key that is unknown or has a bad value."""
 
     status_code = 400
+
+
+class UpstreamError(EMLabelError):
+    """A server EMLabel relies on (the DICOMweb server) is unreachable or refused a request."""
+
+    status_code = 502

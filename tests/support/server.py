@@ -34,8 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_env() -> dict[str, str]:
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(extra or {})
     env.update(
         {
             "MONAI_LABEL_TRACKING_ENABLED": "false",
@@ -50,7 +51,7 @@ def server_env() -> dict[str, str]:
 class RunningServer:
     url: str
     app_dir: Path
-    studies: Path
+    studies: Path | str  # a folder, or a DICOMweb URL
     process: subprocess.Popen
     log_path: Path
 
@@ -68,9 +69,13 @@ def make_app_dir(root: Path) -> Path:
 
 @contextlib.contextmanager
 def running_server(
-    studies: Path, workdir: Path, conf: Mapping[str, str] | None = None, timeout: float = 180
+    studies: Path | str,
+    workdir: Path,
+    conf: Mapping[str, str] | None = None,
+    timeout: float = 180,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[RunningServer]:
-    """Start the server on a free 127.0.0.1 port; stop it on exit."""
+    """Start the server on a free 127.0.0.1 port; stop it on exit (``env``: extra variables)."""
     app_dir = make_app_dir(workdir)
     port = free_port()
     cmd = [
@@ -84,7 +89,7 @@ def running_server(
     log = open(log_path, "w")  # noqa: SIM115 (closed in the finally below)
     # cwd = workdir: monailabel reads a .env file from the current directory.
     proc = subprocess.Popen(
-        cmd, cwd=workdir, env=server_env(), stdout=log, stderr=subprocess.STDOUT
+        cmd, cwd=workdir, env=server_env(env), stdout=log, stderr=subprocess.STDOUT
     )
     server = RunningServer(f"http://127.0.0.1:{port}", app_dir, studies, proc, log_path)
     try:

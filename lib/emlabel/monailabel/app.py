@@ -59,8 +59,18 @@ class EMLabelAppBase(MONAILabelApp):
 
     # ----------------------------------------------------------- datastore
     def init_datastore(self) -> Any:
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+        remote = self.studies.startswith(("http://", "https://"))
+        if remote and ml_settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_datastore()  # stock, unversioned
+        if remote:
+            # DICOMweb: MONAI Label's DICOMweb datastore, with EMLabel's versioned cache.
+            from emlabel.monailabel.dicomweb import dicomweb_datastore
+
+            self.studies = self.studies.rstrip("/").strip()
+            try:
+                return dicomweb_datastore(self.studies, settings=self.settings)
+            except EMLabelError as e:
+                raise SystemExit(f"EMLabel: DICOMweb datastore: {e.message}") from e
         return VersionedDatastore(
             self.studies,
             settings=self.settings,

@@ -143,7 +143,16 @@ class VersionedDatastore(LocalDatastore):
             reason="saved by an annotator" if kind == LabelKind.HUMAN else f"imported as '{tag}'",
         )
         client_info = {k: v for k, v in (info or {}).items() if k != INFO_KEY}
+        client_info.update(self._publish_label(image_id, label_file, tag))
         return self._store(image_id, label_file, tag, provenance, client_info)
+
+    def _publish_label(self, image_id: str, label_file: str, tag: str) -> dict[str, Any]:
+        """Hook run after validation, before storing: send the label elsewhere too.
+
+        Returns label info to keep with the version (the DICOMweb datastore stores a final
+        as DICOM-SEG on the server and returns its UIDs). Nothing by default.
+        """
+        return {}
 
     def check_label_file(self, image_id: str, label_file: str, tag: str) -> None:
         """Raise the reason a client label cannot be stored under ``tag``; store nothing."""
