@@ -52,6 +52,7 @@ from common import (
     timed,
     write_json,
 )
+from shared_data import BUBIL, SHENZHEN, load_grey, load_shenzhen, object_mask, resize_mask
 
 from emlabel.methods.aide import (
     AIDEOptions,
@@ -62,9 +63,6 @@ from emlabel.methods.aide import (
 from emlabel.metrics import binary_metrics, dice
 from emlabel.nets import build_unet
 
-DATA = PROJECT_ROOT.parent / "shared" / "data"
-BUBIL = DATA / "bubil" / "BU-BIL_Dataset1"
-SHENZHEN = DATA / "shenzhen"
 NOISY_ANNOTATOR = "Person3_ImageJ"
 METRICS = ("dsc", "ravd", "assd", "mssd")
 SPLIT_SEED = 12345
@@ -140,28 +138,6 @@ def quick_settings() -> tuple[BubilSettings, ShenzhenSettings]:
 # --------------------------------------------------------------------------- data
 
 
-def object_mask(arr: np.ndarray) -> np.ndarray:
-    """Boolean object mask of a BU-BIL annotation: the minority value (RGB: first channel)."""
-    a = np.asarray(arr)
-    if a.ndim == 3:
-        a = a[..., 0]
-    m = a.astype(bool)
-    return m if m.mean() < 0.5 else ~m
-
-
-def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a boolean mask by bilinear (area-like) interpolation, then threshold at 0.5."""
-    img = Image.fromarray(mask.astype(np.float32), mode="F")
-    return np.asarray(img.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)) >= 0.5
-
-
-def load_grey(path: Path, hw: tuple[int, int]) -> np.ndarray:
-    """A grey image resized to ``hw`` and z-scored."""
-    img = Image.open(path).convert("L").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-    a = np.asarray(img, dtype=np.float32)
-    return (a - a.mean()) / (a.std() + 1e-6)
-
-
 def load_bubil(s: BubilSettings) -> dict[str, Any]:
     """Images ``[N,1,H,W]``, gold and noisy masks ``[N,H,W]`` (long) of the images both have."""
     hw = (s.height, s.width)
@@ -181,21 +157,6 @@ def load_bubil(s: BubilSettings) -> dict[str, Any]:
         "images": torch.from_numpy(np.stack(images))[:, None],
         "gold": torch.from_numpy(np.stack(gold)).long(),
         "noisy": torch.from_numpy(np.stack(noisy)).long(),
-    }
-
-
-def load_shenzhen(size: int) -> dict[str, Any]:
-    """All Shenzhen images ``[N,1,S,S]`` and lung masks ``[N,S,S]`` (threshold 127, then resize)."""
-    names, images, masks = [], [], []
-    for path in sorted((SHENZHEN / "2d_images").glob("*.png")):
-        names.append(path.stem)
-        images.append(load_grey(path, (size, size)))
-        m = np.asarray(Image.open(SHENZHEN / "2d_masks" / path.name).convert("L")) > 127
-        masks.append(resize_mask(m, (size, size)))
-    return {
-        "names": names,
-        "images": torch.from_numpy(np.stack(images))[:, None],
-        "masks": torch.from_numpy(np.stack(masks)).long(),
     }
 
 

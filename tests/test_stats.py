@@ -17,6 +17,7 @@ from emlabel.methods.stats import (
     StructureStats,
     class_logits,
     click_maps,
+    entropy_loss,
     image_stat_loss,
     overlap_loss,
     reconstruction_loss,
@@ -456,3 +457,21 @@ def test_3d_multi_structure_smoke_with_a_full_label() -> None:
     probs = trainer.predict(torch.stack(images)[:, None])
     assert probs.shape == (2, 3, size, size, size)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2, size, size, size), atol=1e-5)
+
+
+def test_entropy_term_is_zero_for_certain_masks_and_log_c_for_uniform() -> None:
+    one_hot = torch.zeros(3, 4, 4)
+    one_hot[1] = 1.0
+    assert float(entropy_loss(one_hot)) == pytest.approx(0.0, abs=1e-5)
+    uniform = torch.full((3, 4, 4), 1.0 / 3.0)
+    assert float(entropy_loss(uniform)) == pytest.approx(math.log(3.0), rel=1e-5)
+
+
+def test_entropy_term_enters_the_total_only_when_weighted() -> None:
+    logits = torch.randn(2, 2, 8, 8)
+    images = torch.rand(2, 1, 8, 8)
+    targets = [ImageTargets(spacing=(1.0, 1.0)) for _ in range(2)]
+    off = stats_loss(logits, images, targets, options=StatsOptions())
+    on = stats_loss(logits, images, targets, options=StatsOptions(lambda_ent=2.0))
+    assert off.ent is None and on.ent is not None
+    assert float(on.total) == pytest.approx(float(off.total) + 2.0 * float(on.ent), rel=1e-5)

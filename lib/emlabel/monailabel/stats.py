@@ -56,6 +56,7 @@ class StatsTrainTask(OptionsTrainTask):
         "lambda_stat",
         "lambda_overlap",
         "lambda_rec",
+        "lambda_ent",
         "use_reconstruction",
         "batch_size",
         "seed",

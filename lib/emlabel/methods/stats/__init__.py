@@ -8,6 +8,7 @@ several structures (softmax channel k = structure k); see
 from emlabel.methods.stats.losses import (
     LossTerms,
     class_logits,
+    entropy_loss,
     full_label_loss,
     image_overlap_loss,
     image_stat_loss,
@@ -42,6 +43,7 @@ __all__ = [
     "class_logits",
     "click_maps",
     "click_mask",
+    "entropy_loss",
     "full_label_loss",
     "image_overlap_loss",
     "image_stat_loss",

@@ -12,11 +12,16 @@ Per image (each term only when its supervision exists for that image):
 - L_ovl  = mean over structures with clicks of
   [- mean_{clicked inside} log m_k] + [- mean_{clicked outside} log(1 - m_k)];
 - L_rec  = mean (x - x_hat)^2, the two-region (Chan-Vese style) image model, generalised to
-  K structures as described in :func:`reconstruction_loss`; it needs no supervision.
+  K structures as described in :func:`reconstruction_loss`; it needs no supervision;
+- L_ent  = mean over voxels of the softmax entropy - sum_j p_j log p_j (our addition, off by
+  default): L_stat only fixes the *soft* size sum(m_k), which a diffuse mask (m_k ~ A / N
+  everywhere) meets while its argmax is empty; L_ent pushes m_k towards 0/1, so the soft
+  size becomes the hard size.
 
 Over a batch each term is the mean over the images that have it, then
 
-  L = lambda_rec * L_rec + lambda_s * L_stat + lambda_o * L_ovl + lambda_full * L_full
+  L = lambda_rec * L_rec + lambda_s * L_stat + lambda_o * L_ovl + lambda_ent * L_ent
+      + lambda_full * L_full
 
 where L_full is MONAI's DiceCE on the images with a full label map. A term that no image of
 the batch has is left out (reported as None).
@@ -163,6 +168,14 @@ def reconstruction_loss(
     return ((image - x_hat) ** 2).mean()
 
 
+def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
+    """L_ent = mean over voxels of - sum_j p_j log p_j, for softmax ``probs`` ``[C, *spatial]``.
+
+    Zero exactly when every voxel is certain (one-hot); largest (log C) for uniform voxels.
+    """
+    return -(probs * torch.log(probs.clamp_min(_EPS))).sum(dim=0).mean()
+
+
 def full_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` of class logits ``[B, C, *sp]``
     against full label maps ``[B, *spatial]`` (long, values 0..C-1), as in supervised training."""
@@ -181,11 +194,13 @@ class LossTerms:
     """L_stat, mean over the images with at least one known area/volume."""
     ovl: torch.Tensor | None
     """L_ovl, mean over the images with at least one click."""
+    ent: torch.Tensor | None
+    """L_ent, mean over the images (None when lambda_ent is 0)."""
     full: torch.Tensor | None
     """DiceCE over the images with a full label map."""
 
     def as_floats(self) -> dict[str, float | None]:
-        """``{"total": ..., "rec": ..., "stat": ..., "ovl": ..., "full": ...}`` as floats."""
+        """``{"total": ..., "rec": ..., "stat": ..., "ovl": ..., "ent": ..., "full": ...}``."""
         return {
             f.name: None if (v := getattr(self, f.name)) is None else float(v.detach())
             for f in dataclasses.fields(self)
@@ -251,7 +266,10 @@ def stats_loss(
     rec_terms: list[torch.Tensor] = []
     stat_terms: list[torch.Tensor] = []
     ovl_terms: list[torch.Tensor] = []
+    ent_terms: list[torch.Tensor] = []
     for i, t in enumerate(targets):
+        if o.lambda_ent > 0:
+            ent_terms.append(entropy_loss(probs[i]))
         if o.use_reconstruction:
             rec_terms.append(reconstruction_loss(images[i], probs[i], o.reconstruction_mode))
         if (s := image_stat_loss(probs[i], t)) is not None:
@@ -270,13 +288,15 @@ def stats_loss(
             full = full_label_loss(logits[mask], full_labels[mask])
 
     rec, stat, ovl = _mean(rec_terms), _mean(stat_terms), _mean(ovl_terms)
+    ent = _mean(ent_terms)
     total = logits.sum() * 0.0
     for weight, term in (
         (o.lambda_rec, rec),
         (o.lambda_stat, stat),
         (o.lambda_overlap, ovl),
+        (o.lambda_ent, ent),
         (o.lambda_full, full),
     ):
         if term is not None:
             total = total + weight * term
-    return LossTerms(total=total, rec=rec, stat=stat, ovl=ovl, full=full)
+    return LossTerms(total=total, rec=rec, stat=stat, ovl=ovl, ent=ent, full=full)

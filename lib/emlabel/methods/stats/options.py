@@ -22,6 +22,9 @@ class StatsOptions:
     """lambda_o, weight of the overlap term L_ovl (log-likelihood of the clicked pixels)."""
     lambda_rec: float = 1.0
     """lambda_rec, weight of the reconstruction term L_rec (ignored if not use_reconstruction)."""
+    lambda_ent: float = 0.0
+    """Weight of the entropy (sharpness) term L_ent, our addition to the spec: it turns the
+    matched soft size into a matched hard size (0 = the spec's loss)."""
     lambda_full: float = 1.0
     """Weight of the DiceCE term on the images that have a full label map."""
     use_reconstruction: bool = True
@@ -48,6 +51,7 @@ class StatsOptions:
             "lambda_stat": weight(self.lambda_stat),
             "lambda_overlap": weight(self.lambda_overlap),
             "lambda_rec": weight(self.lambda_rec),
+            "lambda_ent": weight(self.lambda_ent),
             "lambda_full": weight(self.lambda_full),
             "reconstruction_mode": self.reconstruction_mode in RECONSTRUCTION_MODES,
             "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate > 0.0,

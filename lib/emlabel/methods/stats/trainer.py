@@ -3,7 +3,7 @@
 Every optimizer step (Adam) takes a batch of images (shuffled each epoch by ``options.seed``;
 the last, smaller batch is kept) and minimises
 
-  L = lambda_rec L_rec + lambda_s L_stat + lambda_o L_ovl + lambda_full DiceCE
+  L = lambda_rec L_rec + lambda_s L_stat + lambda_o L_ovl + lambda_ent L_ent + lambda_full DiceCE
 
 (:func:`~emlabel.methods.stats.losses.stats_loss`): each image contributes the terms its
 supervision allows -- L_stat where an area/volume is known, L_ovl where voxels are clicked,
@@ -25,7 +25,7 @@ from emlabel.methods.stats.losses import class_logits, stats_loss
 from emlabel.methods.stats.options import StatsOptions
 from emlabel.methods.stats.targets import ImageTargets
 
-_TERMS: tuple[str, ...] = ("total", "rec", "stat", "ovl", "full")
+_TERMS: tuple[str, ...] = ("total", "rec", "stat", "ovl", "ent", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ class StatsEpochStats:
     """Mean L_stat over the batches that had it."""
     loss_ovl: float
     """Mean L_ovl over the batches that had it."""
+    loss_ent: float
+    """Mean L_ent over the batches that had it (NaN when lambda_ent is 0)."""
     loss_full: float
     """Mean DiceCE on full labels over the batches that had it."""
     area_error: float
@@ -200,6 +202,7 @@ class StatsTrainer:
             loss_rec=mean("rec"),
             loss_stat=mean("stat"),
             loss_ovl=mean("ovl"),
+            loss_ent=mean("ent"),
             loss_full=mean("full"),
             area_error=sum(hard_err) / len(hard_err) if hard_err else math.nan,
             soft_area_error=sum(soft_err) / len(soft_err) if soft_err else math.nan,
