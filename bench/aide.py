@@ -83,6 +83,10 @@ class Budget:
     warmup_fraction: float = 0.2
     correction_every_fraction: float = 0.1
     lr_step_fraction: float = 0.3
+    correction_start_fraction: float = 0.0
+    """First correction after this fraction of the epochs (0 = the spec: from epoch 1)."""
+    train_augment: bool = False
+    """AIDEOptions.train_augment (our addition): train on rotated/flipped batches."""
 
     def aide_options(self, seed: int) -> AIDEOptions:
         """Spec defaults, with the epoch-based schedules scaled to ``epochs`` (100 in the spec)."""
@@ -93,6 +97,8 @@ class Budget:
             warmup_epochs=max(1, round(self.warmup_fraction * self.epochs)),
             correction_every=max(1, round(self.correction_every_fraction * self.epochs)),
             lr_step=max(1, round(self.lr_step_fraction * self.epochs)),
+            correction_start_epoch=max(1, round(self.correction_start_fraction * self.epochs)),
+            train_augment=self.train_augment,
             seed=seed,
         )
 
@@ -834,7 +840,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=EXPERIMENTS, default=None, help="run one experiment")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument(
+        "--correction-start",
+        type=float,
+        default=None,
+        help="AIDE: first label correction after this fraction of the epochs (spec: 0)",
+    )
+    p.add_argument(
+        "--train-augment",
+        action="store_true",
+        help="AIDE: train on rotated/flipped batches (AIDEOptions.train_augment)",
+    )
+    p.add_argument("--lr", type=float, default=None, help="learning rate of every method")
     return p.parse_args(argv)
+
+
+def with_overrides(s: Any, args: argparse.Namespace) -> Any:
+    """Experiment settings with the command line's AIDE/budget overrides applied."""
+    b = s.budget
+    if args.correction_start is not None:
+        b = dataclasses.replace(b, correction_start_fraction=args.correction_start)
+    if args.train_augment:
+        b = dataclasses.replace(b, train_augment=True)
+    if args.lr is not None:
+        b = dataclasses.replace(b, learning_rate=args.lr)
+    return dataclasses.replace(s, budget=b)
 
 
 EXPERIMENTS = ("bubil", "shenzhen")
@@ -844,7 +874,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run both experiments, print the tables, write the JSON."""
     args = parse_args(argv)
     bubil_s, shenzhen_s = quick_settings() if args.quick else (BubilSettings(), ShenzhenSettings())
-    settings = {"bubil": bubil_s, "shenzhen": shenzhen_s}
+    settings = {
+        "bubil": with_overrides(bubil_s, args),
+        "shenzhen": with_overrides(shenzhen_s, args),
+    }
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     name = "aide_quick.json" if args.quick else "aide.json"
     out = args.out or PROJECT_ROOT / "bench" / "results" / name

@@ -124,6 +124,11 @@ def test_correction_epochs_are_the_warmup_then_every_tenth() -> None:
         is_correction_epoch(0, 20, 10)
 
 
+def test_correction_start_epoch_delays_the_first_correction() -> None:
+    epochs = [e for e in range(1, 41) if is_correction_epoch(e, 20, 10, start=5)]
+    assert epochs == [*range(5, 21), 30, 40]
+
+
 # --- losses -----------------------------------------------------------------------------------
 
 
@@ -359,6 +364,20 @@ def test_hq_labels_never_change_through_training_with_corrections() -> None:
     assert torch.equal(trainer.labels1[hq], labels[hq])
     assert torch.equal(trainer.labels2[hq], labels[hq])
     assert not torch.equal(trainer.labels1[~hq], labels[~hq])  # the LQ labels were corrected
+
+
+def test_training_augmentation_moves_images_and_labels_together() -> None:
+    images, labels = disks(4, 16, seed=2)
+    options = AIDEOptions(batch_size=4, max_rotation_deg=0.0, flip_prob=1.0, train_augment=True)
+    trainer = AIDETrainer(ThresholdNet, images, labels, options=options)
+    x, y1, y2 = trainer._augment(images, labels, labels)
+    assert torch.allclose(x, torch.flip(images, dims=(3,)))  # spatial axis FLIP_AXIS = 1
+    assert torch.equal(y1, torch.flip(labels, dims=(2,))) and torch.equal(y1, y2)
+    rotated = dataclasses.replace(options, max_rotation_deg=45.0)
+    _, y, _ = AIDETrainer(ThresholdNet, images, labels, options=rotated)._augment(
+        images, labels, labels
+    )
+    assert set(torch.unique(y).tolist()) <= {0, 1}  # still a label map after rotation
 
 
 def test_predict_averages_both_nets_and_disagreement_is_one_minus_dice() -> None:

@@ -45,6 +45,8 @@ class AIDETrainer3D(OptionsTrainTask):
         "warmup_epochs",
         "correction_every",
         "correction_fraction",
+        "correction_start_epoch",
+        "train_augment",
         "learning_rate",
         "batch_size",
         "seed",

@@ -28,6 +28,9 @@ class AIDEOptions:
     """E_w: epochs of the quadratic ramp; labels are corrected after every epoch <= E_w."""
     correction_every: int = 10
     """After the warm-up, labels are corrected at the end of every epoch divisible by this."""
+    correction_start_epoch: int = 1
+    """First 1-based epoch after which a correction may run (1 = the spec). Our addition: with
+    few steps per epoch, epoch-1 networks are untrained and their guesses replace labels."""
     correction_fraction: float = 0.25
     """Fraction of the training items (lowest Dice first) whose label a correction replaces."""
     learning_rate: float = 1e-4
@@ -38,6 +41,10 @@ class AIDEOptions:
     """StepLR decay factor."""
     max_epochs: int = 100
     """Training epochs of :meth:`AIDETrainer.fit` when none are given."""
+    train_augment: bool = False
+    """Our addition (not in the spec): train on batches rotated/flipped like the consistency
+    copies (same angle range and flip probability), so the networks have seen the views whose
+    predictions form the consistency target."""
     keep_largest_component: bool = False
     """Keep only the largest connected component of a prediction before it replaces a label."""
     seed: int = 0
@@ -58,6 +65,7 @@ class AIDEOptions:
             and self.consistency_weight >= 0.0,
             "warmup_epochs": self.warmup_epochs >= 0,
             "correction_every": self.correction_every >= 1,
+            "correction_start_epoch": self.correction_start_epoch >= 1,
             "correction_fraction": 0.0 <= self.correction_fraction <= 1.0,
             "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate > 0.0,
             "lr_step": self.lr_step >= 1,

@@ -16,13 +16,13 @@ def ramp(epoch0: int, warmup_epochs: int) -> float:
     return min((epoch0 / warmup_epochs) ** 2, 1.0)
 
 
-def is_correction_epoch(epoch1: int, warmup_epochs: int, every: int) -> bool:
+def is_correction_epoch(epoch1: int, warmup_epochs: int, every: int, start: int = 1) -> bool:
     """Whether global label correction runs at the end of 1-based epoch e.
 
-    True when e <= E_w or e % every == 0.
+    True when e >= start and (e <= E_w or e % every == 0); the spec's schedule is start = 1.
     """
     if epoch1 < 1:
         raise ValueError(f"epoch1 is 1-based and must be >= 1, got {epoch1}")
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    return epoch1 <= warmup_epochs or epoch1 % every == 0
+    return epoch1 >= start and (epoch1 <= warmup_epochs or epoch1 % every == 0)

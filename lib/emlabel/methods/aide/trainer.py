@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from emlabel.methods.aide.augment import consistency_target
+from emlabel.methods.aide.augment import apply_augment, consistency_target, sample_augment
 from emlabel.methods.aide.correction import global_correction, label_dice
 from emlabel.methods.aide.filtering import split_clean_noisy
 from emlabel.methods.aide.losses import consistency_loss, seg_loss_per_sample
@@ -195,6 +195,22 @@ class AIDETrainer:
                 )
         return loss
 
+    def _augment(self, x: torch.Tensor, *labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One random rotation/flip per item, applied to the images and to every label map.
+
+        Labels are rotated as one-hot maps (bilinear) and re-discretised by argmax; voxels
+        rotated in from outside are background.
+        """
+        o = self.options
+        params = sample_augment(
+            x.shape[0], max_rotation_deg=o.max_rotation_deg, flip_prob=o.flip_prob, rng=self.rng
+        )
+        out = [apply_augment(x, params)]
+        for y in labels:
+            one_hot = torch.nn.functional.one_hot(y, self.num_classes).movedim(-1, 1).float()
+            out.append(apply_augment(one_hot, params).argmax(dim=1))
+        return tuple(out)
+
     def train_epoch(self, epoch0: int) -> EpochStats:
         """One epoch of both networks (0-based ``epoch0`` sets the ramp); StepLR steps once."""
         start = time.perf_counter()
@@ -214,6 +230,8 @@ class AIDETrainer:
             x = self.images[idx]
             y1 = self.labels1[idx]
             y2 = self.labels2[idx]
+            if o.train_augment:
+                x, y1, y2 = self._augment(x, y1, y2)
             t1 = t2 = None
             if need_targets:
                 t1 = consistency_target(self.f1, x, k=o.k_augment, rng=self.rng, options=o)
@@ -258,7 +276,9 @@ class AIDETrainer:
         Returns the replacements made (also appended to :attr:`updates`).
         """
         o = self.options
-        if not is_correction_epoch(epoch1, o.warmup_epochs, o.correction_every):
+        if not is_correction_epoch(
+            epoch1, o.warmup_epochs, o.correction_every, start=o.correction_start_epoch
+        ):
             return []
         proposals = {
             1: global_correction(
