@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,8 +92,21 @@ class StatsFileTrainTask(TrainTask):
             return {}
 
     def write_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Store the train stats atomically; NaN/inf become null (``/info`` must stay JSON)."""
+        stats = json_safe(stats)
         atomic_write_json(stats, self.stats_path)
         return stats
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, recursively (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class OptionsTrainTask(StatsFileTrainTask):
