@@ -9,7 +9,9 @@ predicts the training images (what the `stats` trainer writes back as weak label
 and the held-out test images. Weak supervision is simulated from the reference masks with
 :func:`emlabel.methods.stats.targets_from_label`: the exact area (pixel count of the
 reference at the working resolution times the pixel area) and ``n`` clicks drawn uniformly
-inside the object (no background clicks).
+inside the object (no background clicks). On the training images the label the app writes
+back is also scored: the prediction thresholded so that its area equals the known area, clicks
+forced (:func:`emlabel.methods.stats.area_matched_labels`; "area-matched").
 
 Configurations: ``stats`` (area only), ``clicks5`` (5 clicks, no area), ``both5`` (area + 5
 clicks), ``both5_norec`` (the same without the reconstruction term), ``both1`` /
@@ -249,6 +251,10 @@ def score(pred: torch.Tensor, ref: torch.Tensor, spacing: Sequence[float]) -> di
 def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[str, Any]:
     """Train one configuration on the training images; score training and test images."""
     targets = weak_targets(data.train_masks, data.spacing, config, seed)
+    # What the app writes back: the prediction thresholded to the known area, clicks forced.
+    targets_for_matching = (
+        targets if not config.full else [ImageTargets(spacing=tuple(data.spacing)) for _ in targets]
+    )
     options = StatsOptions(
         use_reconstruction=config.use_reconstruction,
         lambda_ent=config.lambda_ent,
@@ -274,6 +280,11 @@ def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[st
         "train_seconds": seconds,
         "final_area_error": history[-1].area_error,
         "train": score(trainer.predict_labels(data.train_images), data.train_masks, data.spacing),
+        "train_matched": score(
+            trainer.predict_area_matched(data.train_images, targets_for_matching),
+            data.train_masks,
+            data.spacing,
+        ),
     }
     if data.test_images is not None and data.test_masks is not None:
         result["test"] = score(
@@ -301,7 +312,7 @@ def summarize_dataset(data: DataSet, runs: list[dict[str, Any]]) -> dict[str, An
             "train_seconds": summarize([r["train_seconds"] for r in mine]),
             "final_area_error": summarize([r["final_area_error"] for r in mine]),
         }
-        for split in ("train", "test"):
+        for split in ("train", "train_matched", "test"):
             for metric in ("dice", "ravd"):
                 values = per_image(runs, c.name, split, metric)
                 if values:
@@ -343,6 +354,7 @@ def print_dataset(res: dict[str, Any]) -> str:
                 name,
                 _cell(row, "train_dice"),
                 _cell(row, "train_ravd"),
+                _cell(row, "train_matched_dice"),
                 _cell(row, "test_dice"),
                 _cell(row, "test_ravd"),
                 f"{row['final_area_error']['mean']:.3f}",
@@ -359,6 +371,7 @@ def print_dataset(res: dict[str, Any]) -> str:
             "config",
             "train Dice",
             "train RAVD",
+            "train Dice, area-matched",
             "test Dice",
             "test RAVD",
             "area err",

@@ -15,6 +15,7 @@ from emlabel.methods.stats import (
     StatsOptions,
     StatsTrainer,
     StructureStats,
+    area_matched_labels,
     class_logits,
     click_maps,
     entropy_loss,
@@ -475,3 +476,32 @@ def test_entropy_term_enters_the_total_only_when_weighted() -> None:
     on = stats_loss(logits, images, targets, options=StatsOptions(lambda_ent=2.0))
     assert off.ent is None and on.ent is not None
     assert float(on.total) == pytest.approx(float(off.total) + 2.0 * float(on.ent), rel=1e-5)
+
+
+def test_area_matched_labels_meet_the_known_sizes_and_honour_clicks() -> None:
+    probs = torch.softmax(torch.randn(3, 12, 10, generator=torch.Generator().manual_seed(0)), 0)
+    targets = ImageTargets(
+        spacing=(2.0, 0.5),  # v = 1 mm^2: sizes below are voxel counts
+        structures=[
+            StructureStats(structure=1, area_mm=30.0, clicks_out=torch.tensor([[5, 5]])),
+            StructureStats(structure=2, area_mm=6.0, clicks_in=torch.tensor([[0, 0]])),
+        ],
+    )
+    before = probs[2, 0, 0].item()
+    labels = area_matched_labels(probs, targets)
+    assert labels[0, 0] == 2 and labels[5, 5] != 1  # clicks win
+    assert abs(int((labels == 2).sum()) - 6) <= 1 and abs(int((labels == 1).sum()) - 30) <= 1
+    top2 = torch.topk(probs[2].flatten(), 6).values.min()
+    chosen = probs[2][labels == 2]
+    assert bool((chosen >= top2).sum() >= 5) and probs[2, 0, 0].item() == before
+
+
+def test_area_matched_labels_keep_the_argmax_where_no_size_is_known() -> None:
+    probs = torch.softmax(torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1)), 0)
+    targets = ImageTargets(
+        spacing=(1.0, 1.0), structures=[StructureStats(structure=1, area_mm=5.0)]
+    )
+    labels = area_matched_labels(probs, targets)
+    argmax = probs.argmax(0)
+    assert int((labels == 1).sum()) == 5
+    assert torch.equal(labels == 2, (argmax == 2) & (labels != 1))

@@ -169,7 +169,8 @@ class StatsTrainTask(OptionsTrainTask):
     def _write_predictions(
         self, datastore, data, trainer, weak_ids, parents, targets, model
     ) -> list[str]:
-        labels = trainer.predict_labels(data.images)
+        # Where a volume is known the written label meets it exactly (area_matched_labels).
+        labels = trainer.predict_area_matched(data.images, targets)
         tags = []
         with tempfile.TemporaryDirectory(prefix="emlabel-stats-") as tmp:
             for image_id in weak_ids:
@@ -189,7 +190,10 @@ class StatsTrainTask(OptionsTrainTask):
                         parent=parents.get(image_id),
                         model=model,
                         scores={f"volume_error_{k}": v for k, v in errors.items()},
-                        reason="predicted by a model trained from summary statistics and clicks",
+                        reason=(
+                            "predicted by a model trained from summary statistics and clicks; "
+                            "structures with a known volume thresholded to match it"
+                        ),
                     ),
                 )
                 tags.append(version.tag)

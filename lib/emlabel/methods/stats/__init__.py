@@ -21,6 +21,7 @@ from emlabel.methods.stats.losses import (
     voxel_volume,
 )
 from emlabel.methods.stats.options import RECONSTRUCTION_MODES, StatsOptions
+from emlabel.methods.stats.postprocess import area_matched_labels
 from emlabel.methods.stats.targets import (
     ImageTargets,
     StructureStats,
@@ -40,6 +41,7 @@ __all__ = [
     "StatsOptions",
     "StatsTrainer",
     "StructureStats",
+    "area_matched_labels",
     "class_logits",
     "click_maps",
     "click_mask",

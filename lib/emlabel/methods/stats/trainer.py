@@ -23,6 +23,7 @@ from torch import nn
 
 from emlabel.methods.stats.losses import class_logits, stats_loss
 from emlabel.methods.stats.options import StatsOptions
+from emlabel.methods.stats.postprocess import area_matched_labels
 from emlabel.methods.stats.targets import ImageTargets
 
 _TERMS: tuple[str, ...] = ("total", "rec", "stat", "ovl", "ent", "full")
@@ -241,6 +242,13 @@ class StatsTrainer:
         finally:
             self.network.train(was)
         return torch.cat(out)
+
+    def predict_area_matched(
+        self, images: torch.Tensor, targets: Sequence[ImageTargets]
+    ) -> torch.Tensor:
+        """Label maps ``[N, *spatial]`` whose known sizes are met exactly (see postprocess.py)."""
+        probs = self.predict(images)
+        return torch.stack([area_matched_labels(p, t) for p, t in zip(probs, targets, strict=True)])
 
     def predict_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Hard label maps ``[N, *spatial]`` (argmax of :meth:`predict`)."""
