@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from emlabel.verify import (
     DISTANCE_CAP_MM,
+    SIGNALS,
     LabelExpert,
     LabelVerifier,
     Review,
@@ -18,6 +19,7 @@ from emlabel.verify import (
     StructureFeatures,
     budget_report,
     choose_threshold,
+    compute_signals,
     review_budget,
     roc_curve,
     save_roc,
@@ -263,7 +265,9 @@ def test_verifier_stays_in_prior_mode_with_too_few_reviews() -> None:
     # too few to fit, but the prior's calibration moves toward the reviewed error rate
     assert "recalibrated on 7 reviews" in verifier.fit_message
     assert verifier.score(probe).probability_wrong != before
-    assert (verifier.score(probe).probability_wrong > verifier.score(other).probability_wrong) == order
+    assert (
+        verifier.score(probe).probability_wrong > verifier.score(other).probability_wrong
+    ) == order
     restored = LabelVerifier.from_dict(verifier.to_dict())
     assert restored.score(probe).probability_wrong == pytest.approx(
         verifier.score(probe).probability_wrong
@@ -416,3 +420,17 @@ def test_expert_without_independent_evidence_judges_shape_and_keeps_first_on_tie
     assert "no independent model prediction, judged on shape alone" in comparison.reason
     assert comparison.winner == "model_a" and "kept model_a, listed first" in comparison.reason
     assert choice.best == "model_a" and not choice.changed  # no "current": the first stands in
+
+
+def test_verifier_keeps_the_prior_when_a_fit_ranks_the_reviews_worse(monkeypatch) -> None:
+    reviews = _synthetic_reviews(5)
+    verifier = LabelVerifier()
+    x = np.asarray([[compute_signals(r.features, None)[0][s] for s in SIGNALS] for r in reviews])
+    y = np.asarray([r.was_wrong for r in reviews], dtype=int)
+    fit_auc, prior_auc = verifier._cross_validated_auc(x, y)
+    assert prior_auc == pytest.approx(1.0)  # extra components: the prior ranks them all first
+    assert 0.0 <= fit_auc <= 1.0
+    monkeypatch.setattr(LabelVerifier, "_cross_validated_auc", lambda self, x, y: (0.4, 0.9))
+    assert verifier.fit(reviews) is False
+    assert verifier.mode == "prior" and "kept the prior weights" in verifier.fit_message
+    assert verifier.intercept != verifier.prior_intercept  # still recalibrated on the reviews

@@ -44,7 +44,11 @@ share 1.0); signals whose inputs are missing (no ensemble, no image, no populati
 **Fitted mode**: :meth:`LabelVerifier.fit` takes human reviews ``(features, was_wrong)`` and
 fits a scikit-learn ``LogisticRegression`` (``class_weight="balanced"``) on the standardised
 signals. It needs at least ``min_reviews_per_class`` (default 3) wrong and right labels, else
-the verifier keeps its current mode and :attr:`LabelVerifier.fit_message` says why. Balanced
+the verifier keeps its current mode and :attr:`LabelVerifier.fit_message` says why. Reviews
+are a biased sample (the verifier chose them), so the fit is adopted only when its
+cross-validated AUROC on the reviews is not below the prior weights' AUROC there by more than
+:data:`FIT_AUC_MARGIN` (CV on a few reviews is noisy); otherwise
+the prior stays, its intercept recalibrated. Balanced
 class weights fit the model as if both classes were equally frequent; adding
 ``log(n_wrong / n_right)`` to the intercept restores the reviewed base rate, so probabilities
 stay comparable to the prior mode. The fitted parameters are stored as plain numbers, so
@@ -106,6 +110,8 @@ DEFAULT_TYPICAL: dict[str, float] = {
 
 REASON_MIN_CONTRIBUTION = 0.5
 """Smallest logit contribution that earns a signal a sentence in the reasons."""
+FIT_AUC_MARGIN = 0.05
+"""A fit on reviews replaces the prior unless its cross-validated AUROC is lower by more."""
 
 Z_MARGIN = 2.0  # robust SDs a volume/intensity may deviate before it counts
 Z_CAP = 10.0
@@ -455,6 +461,17 @@ class LabelVerifier:
             return False
         x = np.asarray([[compute_signals(f, population)[0][s] for s in SIGNALS] for f, _ in pairs])
         y = np.asarray([w for _, w in pairs], dtype=int)
+        fit_auc, prior_auc = self._cross_validated_auc(x, y)
+        if fit_auc < prior_auc - FIT_AUC_MARGIN:
+            self.fitted = None
+            self._recalibrate_prior(pairs, population)
+            self.fit_message = (
+                f"kept the prior weights: a fit on {len(pairs)} reviews ({n_wrong} wrong) ranks "
+                f"them worse in cross-validation (AUROC {fit_auc:.3f} < prior's "
+                f"{prior_auc:.3f}); intercept recalibrated"
+            )
+            logger.info(self.fit_message)
+            return False
         scaler = StandardScaler().fit(x)
         model = LogisticRegression(C=self.regularization, class_weight="balanced", max_iter=1000)
         model.fit(scaler.transform(x), y)
@@ -470,6 +487,29 @@ class LabelVerifier:
         self.fit_message = f"fitted on {len(pairs)} reviews ({n_wrong} wrong, {n_right} right)"
         logger.info(self.fit_message)
         return True
+
+    def _cross_validated_auc(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """AUROC on the reviews of a cross-validated fit and of the prior weights.
+
+        Reviews are chosen by the verifier itself (the least trusted labels first), a biased
+        sample on which a fit can rank worse than the priors (``bench/em_loop.py`` measured
+        it); the fit is adopted unless it is worse here by more than FIT_AUC_MARGIN.
+        """
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        folds = int(min(5, y.sum(), len(y) - y.sum()))
+        model = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(C=self.regularization, class_weight="balanced", max_iter=1000),
+        )
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+        fitted = cross_val_predict(model, x, y, cv=cv, method="decision_function")
+        prior = x @ np.asarray([self.weights[s] for s in SIGNALS])
+        return float(roc_auc_score(y, fitted)), float(roc_auc_score(y, prior))
 
     def _recalibrate_prior(
         self, pairs: list[tuple[StructureFeatures, bool]], population: ShapePopulation | None
