@@ -509,6 +509,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=None, help="training iterations per method")
     p.add_argument("--lr", type=float, default=None, help="initial SGD learning rate")
     p.add_argument(
+        "--labeled-fraction", type=float, default=None, help="share of pool slices labeled"
+    )
+    p.add_argument(
         "--channels", type=int, nargs=5, default=None, help="the five U-Net encoder widths"
     )
     p.add_argument(
@@ -542,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = dataclasses.replace(s, iterations=args.iterations)
     if args.lr is not None:
         s = dataclasses.replace(s, learning_rate=args.lr)
+    if args.labeled_fraction is not None:
+        s = dataclasses.replace(s, labeled_fraction=args.labeled_fraction)
     if args.channels is not None:
         s = dataclasses.replace(s, channels=tuple(args.channels))
     if args.train_threads is not None:
