@@ -24,7 +24,7 @@ export SAM2_BUILD_CUDA := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MONAI_LABEL_TRACKING_ENABLED := false
 
-.PHONY: install serve serve-dicomweb orthanc-packages test lint demo bench-info clean-demo
+.PHONY: install serve serve-dicomweb orthanc-packages viewer-packages test lint demo bench-info clean-demo
 
 # The stamp's name carries the hash of the install files, so it needs no file-time
 # prerequisites (a fresh clone's files are always newer than a cached venv's stamp).
@@ -56,14 +56,23 @@ serve: install
 	$(PY) -m monailabel.main start_server --app apps/emlabel --studies $(STUDIES) \
 	  --host $(HOST) --port $(PORT) $(CONF)
 
-# Orthanc + its DICOMweb plugin from Debian (needs root or sudo the first time).
-orthanc-packages:
-	@if ! dpkg -s $(ORTHANC_DEBS) >/dev/null 2>&1; then \
-	  echo "== installing Debian packages $(ORTHANC_DEBS) (needs root or sudo)"; \
+# $(call apt_install,<packages>): install missing Debian packages (root or sudo the first time).
+define apt_install
+	@if ! dpkg -s $(1) >/dev/null 2>&1; then \
+	  echo "== installing Debian packages $(1) (needs root or sudo)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get install -y $(ORTHANC_DEBS) \
-	    || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(ORTHANC_DEBS); }; \
+	  $(SUDO) apt-get install -y $(1) \
+	    || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(1); }; \
 	fi
+endef
+
+# Orthanc + its DICOMweb plugin.
+orthanc-packages:
+	$(call apt_install,$(ORTHANC_DEBS))
+
+# What the viewer tests drive: Chromium, Orthanc + DICOMweb.
+viewer-packages:
+	$(call apt_install,chromium $(ORTHANC_DEBS))
 
 # DICOMweb mode: a private Orthanc on 127.0.0.1:$(ORTHANC_PORT) with the studies as DICOM series
 # (final labels as DICOM-SEG), and EMLabel on its DICOMweb URL. Ctrl-C stops both.
@@ -75,7 +84,7 @@ serve-dicomweb: install orthanc-packages
 lint: install
 	$(PY) -m ruff check .
 
-test: install
+test: install viewer-packages
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
