@@ -467,3 +467,8 @@ def test_standardization_pseudo_labels_the_unlabeled_and_marks_hq() -> None:
     )
     assert target_only.hq_mask.tolist() == [False, False, False]
     assert torch.equal(target_only.labels, (images[3:, 0] > 0.5).long())
+
+
+def test_new_options_are_validated_by_name() -> None:
+    with pytest.raises(ValueError, match="correction_start_epoch"):
+        AIDEOptions(correction_start_epoch=0).validate()

@@ -505,3 +505,8 @@ def test_area_matched_labels_keep_the_argmax_where_no_size_is_known() -> None:
     argmax = probs.argmax(0)
     assert int((labels == 1).sum()) == 5
     assert torch.equal(labels == 2, (argmax == 2) & (labels != 1))
+
+
+def test_entropy_weight_is_validated_by_name() -> None:
+    with pytest.raises(ValueError, match="lambda_ent"):
+        StatsOptions(lambda_ent=-1.0).validate()

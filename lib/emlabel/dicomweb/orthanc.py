@@ -213,8 +213,14 @@ def _request(
     request = urllib.request.Request(f"{base_url.rstrip('/')}{path}", data=data, method=method)
     if content_type:
         request.add_header("Content-Type", content_type)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        body = response.read()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError:
+        raise  # a refusal: callers say what was refused
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise OrthancError(f"Orthanc at {base_url} is unreachable: {reason}") from e
     return json.loads(body) if body else None
 
 

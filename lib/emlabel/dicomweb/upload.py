@@ -21,6 +21,7 @@ from emlabel.dicomweb.dcmqi import ensure_dcmqi
 from emlabel.dicomweb.orthanc import OrthancError, seg_references, upload_instance
 from emlabel.dicomweb.seg import present_values, segment_infos, stamp_creation_time
 from emlabel.dicomweb.series import SeriesIds, write_dicom_series
+from emlabel.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def upload_studies(
 ) -> dict[str, UploadedImage]:
     """Upload every image of ``studies`` (and its final label as SEG) to Orthanc."""
     studies = Path(studies)
+    if not studies.is_dir():
+        raise NotFoundError(f"studies folder {studies} does not exist or is not a folder")
     existing_segs = set(seg_references(orthanc_url).values()) if with_final_labels else set()
     uploaded = {}
     with tempfile.TemporaryDirectory(prefix="emlabel-dicom-") as tmp:
