@@ -128,7 +128,7 @@ class OrthancProcess:
             try:
                 system = get_json(self.url, "/system", timeout=2)
                 plugins = get_json(self.url, "/plugins", timeout=2)
-            except OSError:
+            except (OSError, OrthancError):  # not listening yet
                 time.sleep(0.2)
                 continue
             if "dicom-web" not in plugins:
