@@ -132,8 +132,13 @@ def test_ohif_runs_segmentation_from_the_monai_label_panel(ohif_stack, tmp_path)
                 assert painted == server_counts.get(value, 0), (name, seg["counts"], server_counts)
             assert sum(server_counts.get(v, 0) for v in label_map.values()) > 0
 
-            # The viewport lists the segmentation (its data overlay menu).
-            page.locator("[data-cy='confirm-and-hide-button']").click(timeout=5_000)
+            # The viewport lists the segmentation (its data overlay menu). OHIF's toasts
+            # (e.g. "segmentation loaded") cover the buttons until they time out.
+            page.wait_for_function(
+                "() => document.querySelectorAll('[data-sonner-toast]').length === 0",
+                timeout=30_000,
+            )
+            page.locator("[data-cy='confirm-and-hide-button']").click(timeout=10_000)
             pane = page.locator("[data-cy='viewport-pane']").first
             pane.hover()
             pane.locator("button").first.click()
