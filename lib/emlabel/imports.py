@@ -57,10 +57,7 @@ def import_labels(datastore, plans: list[ImportPlan], *, tag: str, user: str | N
         except EMLabelError as e:
             problems.append(f"{plan.path.name}: {e.message}")
     if problems:
-        raise InvalidRequestError(
-            "nothing imported; fix these first:\n  " + "\n  ".join(problems)
-        )
+        raise InvalidRequestError("nothing imported; fix these first:\n  " + "\n  ".join(problems))
     return [
-        datastore.store_label(plan.image_id, str(plan.path), tag, {}, user=user)
-        for plan in plans
+        datastore.store_label(plan.image_id, str(plan.path), tag, {}, user=user) for plan in plans
     ]

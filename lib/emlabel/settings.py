@@ -122,7 +122,9 @@ def setting_names() -> list[str]:
     return [f.name for f in dataclasses.fields(AppSettings)]
 
 
-def parse_settings(conf: Mapping[str, Any] | None = None, *, base_dir: Path | None = None) -> AppSettings:
+def parse_settings(
+    conf: Mapping[str, Any] | None = None, *, base_dir: Path | None = None
+) -> AppSettings:
     """Build :class:`AppSettings` from ``conf`` (strings or JSON values).
 
     ``conf[CONFIG_FILE_KEY]`` may name a JSON file of settings; the other ``conf``

@@ -26,7 +26,9 @@ def load_and_normalise(
         mt.EnsureChannelFirstd(keys=keys, **missing),
         mt.Orientationd(keys=keys, axcodes="RAS", **missing),
         mt.Spacingd(keys=keys, pixdim=settings.target_spacing, mode=modes, **missing),
-        mt.ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+        mt.ScaleIntensityRanged(
+            keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True
+        ),
         mt.EnsureTyped(keys=keys, **missing),
     ]
 
@@ -45,7 +47,9 @@ def train_augmentation(settings: AppSettings) -> list[mt.Transform]:
 
 def train_chain(settings: AppSettings) -> mt.Compose:
     """Everything a training item goes through."""
-    return mt.Compose(load_and_normalise(settings, ("image", "label")) + train_augmentation(settings))
+    return mt.Compose(
+        load_and_normalise(settings, ("image", "label")) + train_augmentation(settings)
+    )
 
 
 def eval_chain(settings: AppSettings) -> mt.Compose:

@@ -95,7 +95,9 @@ def export_bundle(
 
 def _settings_of(meta: dict[str, Any]) -> AppSettings:
     if "settings" not in meta:
-        raise BundleError("the checkpoint carries no settings; retrain it with this EMLabel version")
+        raise BundleError(
+            "the checkpoint carries no settings; retrain it with this EMLabel version"
+        )
     return parse_settings(meta["settings"])
 
 

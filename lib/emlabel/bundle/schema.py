@@ -10,8 +10,7 @@ from emlabel.errors import EMLabelError
 
 SCHEMA_NAME = "meta_schema_20240725.json"
 SCHEMA_URL = (
-    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
-    f"0.8.1/{SCHEMA_NAME}"
+    f"https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/{SCHEMA_NAME}"
 )
 SCHEMA_ENV = "EMLABEL_BUNDLE_SCHEMA"
 

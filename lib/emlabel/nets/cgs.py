@@ -37,8 +37,13 @@ _NORM = ("batch", {})
 
 
 def _trunk(
-    *, spatial_dims: int, in_channels: int, channels: Sequence[int], feature_channels: int,
-    dropout: float, out_channels: int,
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    channels: Sequence[int],
+    feature_channels: int,
+    dropout: float,
+    out_channels: int,
 ) -> BasicUNet:
     if len(channels) != 5 or min(channels) < 1:
         raise ValueError(f"channels must be five positive encoder widths, got {tuple(channels)}")
@@ -94,8 +99,12 @@ class CGSNet(nn.Module):
         self.num_classes = num_classes
         self.num_targets = num_classes - 1
         self.trunk = _trunk(
-            spatial_dims=spatial_dims, in_channels=in_channels, channels=channels,
-            feature_channels=feature_channels, dropout=dropout, out_channels=num_classes,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            channels=channels,
+            feature_channels=feature_channels,
+            dropout=dropout,
+            out_channels=num_classes,
         )
         # The trunk's own 1x1 output conv becomes the generalist head; the trunk then
         # returns the last decoder feature (already BN + LeakyReLU).
@@ -164,6 +173,10 @@ def build_plain_unet(
 ) -> BasicUNet:
     """The same U-Net without specialists (what ``generalist_only`` is equivalent to)."""
     return _trunk(
-        spatial_dims=spatial_dims, in_channels=in_channels, channels=channels,
-        feature_channels=feature_channels, dropout=dropout, out_channels=num_classes,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        channels=channels,
+        feature_channels=feature_channels,
+        dropout=dropout,
+        out_channels=num_classes,
     )

@@ -68,7 +68,9 @@ def load_items(
     )
 
 
-def to_original_grid(label: torch.Tensor, processed_image: MetaTensor, inverter: mt.Compose) -> np.ndarray:
+def to_original_grid(
+    label: torch.Tensor, processed_image: MetaTensor, inverter: mt.Compose
+) -> np.ndarray:
     """A label on the padded grid, back on its original image's voxel grid (nearest)."""
     data = {"image": processed_image, "label": MetaTensor(label[None].float())}
     invert = mt.Invertd(keys="label", transform=inverter, orig_keys="image", nearest_interp=True)

@@ -58,7 +58,10 @@ def _rotate(
     if label is None:
         return out, None
     lab = F.grid_sample(
-        label[None, None].to(image.dtype), grid, mode="nearest", padding_mode="border",
+        label[None, None].to(image.dtype),
+        grid,
+        mode="nearest",
+        padding_mode="border",
         align_corners=False,
     )[0, 0]
     return out, lab.round().to(label.dtype)
@@ -129,7 +132,7 @@ class CutMix:
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mix ``tensor`` ``[N, *extra, *spatial]`` (image, label, mask or decisions)."""
         n, spatial = self.boxes.shape[0], self.boxes.shape[1:]
-        if tensor.shape[0] != n or tensor.shape[tensor.ndim - len(spatial):] != spatial:
+        if tensor.shape[0] != n or tensor.shape[tensor.ndim - len(spatial) :] != spatial:
             raise ValueError(
                 f"cannot CutMix a tensor of shape {tuple(tensor.shape)} with boxes "
                 f"{tuple(self.boxes.shape)}"

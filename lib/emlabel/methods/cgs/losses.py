@@ -106,8 +106,11 @@ def unsupervised_loss(
     if not specialist_logits:
         return gen_g, {"unsup_gen": gen_g}
     if (
-        pseudo.y_s is None or pseudo.m_s is None or pseudo.decisions is None
-        or pseudo.y_e is None or pseudo.m_e is None
+        pseudo.y_s is None
+        or pseudo.m_s is None
+        or pseudo.decisions is None
+        or pseudo.y_e is None
+        or pseudo.m_e is None
     ):
         raise ValueError("specialist outputs given but the pseudo-labels have no specialist part")
     gen = gen_g + seg_loss(generalist_logits, pseudo.y_s, pseudo.m_s)

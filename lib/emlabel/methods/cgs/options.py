@@ -62,4 +62,6 @@ class CGSOptions:
         }
         for key, ok in checks.items():
             if not ok:
-                raise SettingsError(f"CGS option '{key}' has an invalid value: {getattr(self, key)!r}")
+                raise SettingsError(
+                    f"CGS option '{key}' has an invalid value: {getattr(self, key)!r}"
+                )

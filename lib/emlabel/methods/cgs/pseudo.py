@@ -32,10 +32,12 @@ class PseudoLabels:
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PseudoLabels:
         """Apply ``fn`` to every tensor field (e.g. CutMix with one shared box)."""
-        return PseudoLabels(**{
-            f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-        })
+        return PseudoLabels(
+            **{
+                f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                for f in dataclasses.fields(self)
+            }
+        )
 
     def mask_fractions(self) -> dict[str, float]:
         """Fraction of pixels passing each mask (``mask_g``, ``mask_s``, ``mask_e``)."""
@@ -46,9 +48,7 @@ class PseudoLabels:
         return out
 
 
-def generalist_pseudo_labels(
-    probs: torch.Tensor, tau: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def generalist_pseudo_labels(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(y_g, M_g) of generalist probabilities ``[N, K + 1, *spatial]``: argmax, max prob > tau."""
     confidence, y_g = probs.max(dim=1)
     return y_g, confidence > tau
@@ -74,6 +74,11 @@ def make_pseudo_labels(
     y_s = specialist_fused([logits.softmax(dim=1) for logits in specialist_logits])
     y_e, m_e = consensus(y_g, y_s)
     return PseudoLabels(
-        y_g=y_g, m_g=m_g, y_s=y_s, m_s=ihed_consistent(decisions), decisions=decisions,
-        y_e=y_e, m_e=m_e,
+        y_g=y_g,
+        m_g=m_g,
+        y_s=y_s,
+        m_s=ihed_consistent(decisions),
+        decisions=decisions,
+        y_e=y_e,
+        m_e=m_e,
     )

@@ -22,9 +22,7 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(
-    teacher: nn.Module, student: nn.Module, step: int, decay_max: float = 0.99
-) -> float:
+def ema_update(teacher: nn.Module, student: nn.Module, step: int, decay_max: float = 0.99) -> float:
     """teacher = d * teacher + (1 - d) * student with d = ``ema_decay(step, decay_max)``.
 
     Buffers (BatchNorm running mean/var, batch counters) are copied from the student.

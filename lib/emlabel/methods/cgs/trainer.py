@@ -98,7 +98,9 @@ class CGSTrainer:
                 f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}"
             )
         images, labels = weak_view(
-            images.cpu(), labels.cpu(), generator=self.generator,
+            images.cpu(),
+            labels.cpu(),
+            generator=self.generator,
             rotation_degrees=opts.rotation_degrees,
         )
         assert labels is not None
@@ -113,7 +115,9 @@ class CGSTrainer:
             pseudo = make_pseudo_labels(t_gen, t_spec, tau=opts.tau)
         fractions = pseudo.mask_fractions()
 
-        strong = intensity_jitter(weak.cpu(), generator=self.generator, strength=opts.jitter_strength)
+        strong = intensity_jitter(
+            weak.cpu(), generator=self.generator, strength=opts.jitter_strength
+        )
         mix = random_cutmix(
             strong.shape[0], strong.shape[2:], opts.cutmix_area, generator=self.generator
         )
@@ -124,7 +128,8 @@ class CGSTrainer:
         n_labeled = images.shape[0]
         gen, spec = self._forward(self.student, torch.cat([images.to(self.device), strong]))
         sup, sup_parts = supervised_loss(
-            gen[:n_labeled], None if spec is None else [s[:n_labeled] for s in spec],
+            gen[:n_labeled],
+            None if spec is None else [s[:n_labeled] for s in spec],
             labels.to(self.device),
         )
         unsup, unsup_parts = unsupervised_loss(
@@ -180,7 +185,9 @@ class CGSTrainer:
         for iteration in range(start_iteration, end):
             li = self._sample(labeled_images.shape[0], self.options.labeled_batch_size)
             ui = self._sample(unlabeled_images.shape[0], self.options.unlabeled_batch_size)
-            stats = self.step((labeled_images[li], labeled_labels[li]), unlabeled_images[ui], iteration)
+            stats = self.step(
+                (labeled_images[li], labeled_labels[li]), unlabeled_images[ui], iteration
+            )
             run.append(stats)
             if on_step is not None:
                 on_step(iteration, stats)
