@@ -56,7 +56,9 @@ def tiny_studies(tiny_demo_template: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_demo_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(
+    tiny_demo_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     """The real EMLabel server over a private copy of the tiny demo (one per test module)."""
     work = tmp_path_factory.mktemp("server")
     studies = work / "studies"

@@ -23,7 +23,9 @@ def test_aide_trains_writes_versions_and_serves(server):
     code, body = status_of(lambda: client.train_start("aide", {"warmup": 3}))
     assert code == 400 and "warmup_epochs" in body
 
-    noisy_files = {p.name: digest(p) for p in (server.studies / "labels" / "noisy").glob("*.nii.gz")}
+    noisy_files = {
+        p.name: digest(p) for p in (server.studies / "labels" / "noisy").glob("*.nii.gz")
+    }
     assert noisy_files
     client.train_start("aide", {"max_epochs": 2})
     status = wait_for_training(client)
@@ -54,7 +56,9 @@ def test_aide_trains_writes_versions_and_serves(server):
         image = nib.load(server.studies / f"{image_id}.nii.gz")
         assert label.shape == image.shape
     # the imported labels are untouched
-    assert {p.name: digest(p) for p in (server.studies / "labels" / "noisy").glob("*.nii.gz")} == noisy_files
+    assert {
+        p.name: digest(p) for p in (server.studies / "labels" / "noisy").glob("*.nii.gz")
+    } == noisy_files
 
     path, params = client.infer("aide", "case_002", {})
     assert 0.0 <= params["aide_disagreement"] <= 1.0

@@ -51,7 +51,9 @@ def bundle(trained, tmp_path_factory) -> Path:
     return out
 
 
-def server_labels(client: MONAILabelClient, image_id: str, model: str = "segmentation") -> np.ndarray:
+def server_labels(
+    client: MONAILabelClient, image_id: str, model: str = "segmentation"
+) -> np.ndarray:
     path, _ = client.infer(model, image_id, {})
     return np.asarray(nib.load(path).dataobj)
 
@@ -148,12 +150,17 @@ def test_the_app_serves_the_bundle_and_refuses_a_broken_one(trained, bundle, tmp
 
     trainable = tmp_path / "trainable_bundle"  # a bundle with a train config is also a trainer
     shutil.copytree(bundle, trainable)
-    (trainable / "configs" / "train.json").write_text(json.dumps({"imports": [], "bundle_root": "."}))
+    (trainable / "configs" / "train.json").write_text(
+        json.dumps({"imports": [], "bundle_root": "."})
+    )
     conf = dict(TINY_CONF) | {"bundles": f"{bundle},{trainable}"}
     with running_server(studies, work, conf=conf) as second:
         other = MONAILabelClient(server_url=second.url, tmpdir=str(work))
         assert bundle.name in other.info()["models"]
-        assert trainable.name in other.info()["trainers"] and bundle.name not in other.info()["trainers"]
+        assert (
+            trainable.name in other.info()["trainers"]
+            and bundle.name not in other.info()["trainers"]
+        )
         assert np.array_equal(server_labels(other, IMAGE, bundle.name), expected)
         code, _ = status_of(lambda: other.infer(bundle.name, "no_such_case", {}))
         assert code == 404

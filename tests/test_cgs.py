@@ -205,8 +205,13 @@ def test_cutmix_uses_the_same_box_for_image_pseudo_labels_and_masks() -> None:
     index = torch.arange(n).reshape(n, 1, 1).expand(n, size, size)
     image = torch.stack([index * 10.0, index * 10.0 + 1], dim=1)  # channel c = 10 i + c
     pseudo = PseudoLabels(
-        y_g=index.clone(), m_g=index % 2 == 1, y_s=index + 5, m_s=index >= 2,
-        decisions=torch.stack([index, index, index], dim=1), y_e=index.clone(), m_e=index < 1,
+        y_g=index.clone(),
+        m_g=index % 2 == 1,
+        y_s=index + 5,
+        m_s=index >= 2,
+        decisions=torch.stack([index, index, index], dim=1),
+        y_e=index.clone(),
+        m_e=index < 1,
     )
     mix = random_cutmix(n, (size, size), (0.02, 0.4), generator=gen)
     mixed_image = mix(image)
@@ -271,7 +276,9 @@ def test_smoke_2d_cgs_and_baseline() -> None:
             assert 0.0 <= stats[key] <= 1.0
     assert history[0]["lr"] == pytest.approx(0.01)
     assert history[-1]["lambda"] == pytest.approx(0.1)
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.teacher.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, trainer.teacher.parameters(), strict=True)
+    )
     assert trainer.predict(images[:2]).shape == (2, 32, 32)
     served = trainer.serving_model()
     torch.testing.assert_close(served(images[:2]), trainer.teacher(images[:2]))

@@ -35,11 +35,17 @@ def test_cgs_trains_serves_the_generalist_and_scores_ihed(server):
     assert stats["labeled"] >= 2 and stats["unlabeled"] >= 1
 
     # the served network is the plain U-Net: same parameters as a U-Net without specialists
-    payload = torch.load(server.app_dir / "model" / "cgs.pt", map_location="cpu", weights_only=False)
+    payload = torch.load(
+        server.app_dir / "model" / "cgs.pt", map_location="cpu", weights_only=False
+    )
     k1 = len(info["labels"]) + 1
     plain = build_plain_unet(spatial_dims=3, num_classes=k1, channels=(8, 16, 32, 64, 128))
     full = build_cgs_net(spatial_dims=3, num_classes=k1, channels=(8, 16, 32, 64, 128))
-    served = sum(v.numel() for k, v in payload["model"].items() if "running" not in k and "num_batches" not in k)
+    served = sum(
+        v.numel()
+        for k, v in payload["model"].items()
+        if "running" not in k and "num_batches" not in k
+    )
     assert served == count_parameters(plain) < count_parameters(full)
     plain.load_state_dict(payload["model"])  # loads strictly: nothing but the generalist path
 

@@ -92,7 +92,10 @@ def test_training_items_use_the_resolver(store, tmp_path):
         (lambda t: write(t / "s.nii.gz", np.zeros((12, 12, 5), np.uint8)), "shape"),
         (lambda t: write(t / "v.nii.gz", np.full(SHAPE, 7, np.uint8)), "outside"),
         (lambda t: write(t / "f.nii.gz", np.full(SHAPE, 0.5, np.float32)), "non-integer"),
-        (lambda t: write(t / "o.nii.gz", np.zeros(SHAPE, np.uint8), np.diag([-1.5, 1.5, 2, 1])), "geometry"),
+        (
+            lambda t: write(t / "o.nii.gz", np.zeros(SHAPE, np.uint8), np.diag([-1.5, 1.5, 2, 1])),
+            "geometry",
+        ),
         (lambda t: (t / "x.nii.gz").write_text("not an image") or t / "x.nii.gz", "readable"),
     ],
 )
@@ -126,7 +129,9 @@ def test_bad_requests(store, tmp_path):
 
 
 def test_clients_cannot_forge_provenance(store, tmp_path):
-    store.save_label("img0", str(label_with(1, tmp_path, "g")), "noisy", {"emlabel": {"kind": "human"}})
+    store.save_label(
+        "img0", str(label_with(1, tmp_path, "g")), "noisy", {"emlabel": {"kind": "human"}}
+    )
     assert store.versions("img0")[0].kind == LabelKind.IMPORTED
     with pytest.raises(HTTPException) as e:
         store.update_label_info("img0", "noisy", {"emlabel": {"kind": "human"}})
@@ -147,7 +152,9 @@ def test_orphaned_machine_write_is_ignored(store, tmp_path):
 def test_no_temporary_files_left_behind(store, tmp_path):
     store.store_label("img0", str(label_with(1, tmp_path, "g")), "final")
     store.store_label("img0", str(label_with(2, tmp_path, "h")), "final")
-    leftovers = [p for p in Path(store._datastore_path).rglob("*") if "tmp" in p.name and p.is_file()]
+    leftovers = [
+        p for p in Path(store._datastore_path).rglob("*") if "tmp" in p.name and p.is_file()
+    ]
     assert leftovers == []
     assert oct(os.stat(store.get_label_uri("img0", "final")).st_mode & 0o777) != "0o600"
 

@@ -49,7 +49,14 @@ def test_majority_vote():
 def test_operating_point_from_reviews():
     records = [
         {"image_score": s, "image_wrong": w}
-        for s, w in [(0.9, True), (0.8, True), (0.7, False), (0.6, True), (0.3, False), (0.2, False)]
+        for s, w in [
+            (0.9, True),
+            (0.8, True),
+            (0.7, False),
+            (0.6, True),
+            (0.3, False),
+            (0.2, False),
+        ]
     ]
     point = operating_point(records, 0.95)["point"]
     assert point.threshold == pytest.approx(0.6)

@@ -19,7 +19,11 @@ def image_info(client: MONAILabelClient, image_id: str) -> dict:
 def test_score_route_review_and_em_iteration_recalibrates(server):
     client = MONAILabelClient(server_url=server.url, tmpdir=str(server.app_dir.parent))
     info = client.info()
-    assert "verifier" in info["scoring"] and "verifier" in info["strategies"] and "em" in info["trainers"]
+    assert (
+        "verifier" in info["scoring"]
+        and "verifier" in info["strategies"]
+        and "em" in info["trainers"]
+    )
     code, body = status_of(lambda: client.train_start("em", {"iterations": 0}))
     assert code == 400 and "iterations" in body
 

@@ -82,10 +82,19 @@ def bad_labels(tmp: Path, shape, affine) -> dict[str, tuple[str, int]]:
     text.write_text("definitely not a NIfTI file")
     return {
         "text file": (str(text), 422),
-        "wrong shape": (write_label(tmp / "shape.nii.gz", np.zeros((4, 4, 4), np.uint8), affine), 422),
-        "wrong orientation": (write_label(tmp / "orient.nii.gz", np.zeros(shape, np.uint8), flipped), 422),
+        "wrong shape": (
+            write_label(tmp / "shape.nii.gz", np.zeros((4, 4, 4), np.uint8), affine),
+            422,
+        ),
+        "wrong orientation": (
+            write_label(tmp / "orient.nii.gz", np.zeros(shape, np.uint8), flipped),
+            422,
+        ),
         "non-integer": (write_label(tmp / "frac.nii.gz", fractional, affine), 422),
-        "outside label map": (write_label(tmp / "big.nii.gz", np.full(shape, 42, np.uint8), affine), 422),
+        "outside label map": (
+            write_label(tmp / "big.nii.gz", np.full(shape, 42, np.uint8), affine),
+            422,
+        ),
     }
 
 
@@ -124,7 +133,9 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_is_stored(client, server
     assert not (server.studies / "labels" / "final" / f"{image_id}.nii.gz").exists()
 
 
-def test_a_valid_final_label_becomes_a_version_and_replacing_it_keeps_the_old(client, server, tmp_path):
+def test_a_valid_final_label_becomes_a_version_and_replacing_it_keeps_the_old(
+    client, server, tmp_path
+):
     image_id = "case_004"
     shape, affine = image_geometry(server.studies, image_id)
     first = np.zeros(shape, np.uint8)
@@ -137,7 +148,9 @@ def test_a_valid_final_label_becomes_a_version_and_replacing_it_keeps_the_old(cl
     assert labels["final"]["info"]["emlabel"]["kind"] == "human"
     archived = [t for t in labels if t.startswith("final-v")]
     assert len(archived) == 1 and labels[archived[0]]["info"]["emlabel"]["archived"] is True
-    old = np.asarray(nib.load(server.studies / "labels" / archived[0] / f"{image_id}.nii.gz").dataobj)
+    old = np.asarray(
+        nib.load(server.studies / "labels" / archived[0] / f"{image_id}.nii.gz").dataobj
+    )
     assert np.array_equal(old, first)
 
 
@@ -167,7 +180,10 @@ def test_training_publishes_a_model_that_infer_serves(client, server):
     assert status["status"] == "DONE", status
     stats = client.info()["train_stats"]["segmentation"]
     assert stats["state"] == "DONE" and stats["epochs"] == 1
-    assert stats["label_sources"].get("human", 0) >= 2 and stats["label_sources"].get("imported", 0) >= 1
+    assert (
+        stats["label_sources"].get("human", 0) >= 2
+        and stats["label_sources"].get("imported", 0) >= 1
+    )
 
     shape, affine = image_geometry(server.studies, image_id)
     img, first = infer_array(client, image_id)

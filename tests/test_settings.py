@@ -18,7 +18,9 @@ def test_defaults_when_no_conf():
 def test_sample_config_documents_exactly_the_defaults():
     parsed = parse_settings({"config": str(REPO / "sample-config.json")})
     assert parsed == AppSettings()
-    keys = {k for k in json.loads((REPO / "sample-config.json").read_text()) if not k.startswith("_")}
+    keys = {
+        k for k in json.loads((REPO / "sample-config.json").read_text()) if not k.startswith("_")
+    }
     assert keys == {f for f in AppSettings.__dataclass_fields__}
 
 

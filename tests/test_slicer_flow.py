@@ -35,7 +35,9 @@ def test_an_annotators_session(server, tmp_path):
     edited = np.asarray(label.dataobj).astype(np.uint8)
     edited[:2] = 0  # the annotator erases a few wrong slices
     edited_path = tmp_path / "edited.nii.gz"
-    nib.save(nib.Nifti1Image(edited, nib.load(server.studies / f"{image_id}.nii.gz").affine), edited_path)
+    nib.save(
+        nib.Nifti1Image(edited, nib.load(server.studies / f"{image_id}.nii.gz").affine), edited_path
+    )
     saved = client.save_label(image_id, str(edited_path), tag="final")  # "Submit Label"
     assert saved["image"] == image_id and "review" in saved
 

@@ -22,7 +22,10 @@ LABELS = {"liver": 1, "lesion": 2}
         ({"structure": "liver", "statistic": "area_mm2", "value": 5}, "does not apply to a 3D"),
         ({"structure": "liver", "statistic": "volume_mm3", "value": "big"}, "not a number"),
         ({"structure": "liver", "statistic": "volume_mm3", "value": -3}, "positive"),
-        ({"structure": "liver", "statistic": "volume_mm3", "value": float("nan")}, "positive finite"),
+        (
+            {"structure": "liver", "statistic": "volume_mm3", "value": float("nan")},
+            "positive finite",
+        ),
         ({"structure": "liver", "clicks_inside": [[1, 2, 99]]}, "outside the image"),
         ({"structure": "liver", "clicks_inside": [[1, 2]]}, "3 integers"),
         ({"structure": "liver", "clicks_inside": [[1.5, 2, 3]]}, "3 integers"),
@@ -47,7 +50,9 @@ def store(tmp_path: Path) -> VersionedDatastore:
     studies = tmp_path / "studies"
     studies.mkdir()
     for name in ("img0", "img1"):
-        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), studies / f"{name}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), studies / f"{name}.nii.gz"
+        )
     return VersionedDatastore(str(studies), settings=AppSettings(labels=("liver", "lesion")))
 
 
@@ -66,7 +71,9 @@ def test_csv_import_is_all_or_nothing_and_history_is_kept(store, tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("image,structure,statistic,value\nimg0,lesion,volume_mm3,10\n")
     assert store.import_statistics(read_csv(good), user="dr_a") == 1
-    store.store_statistic("img0", {"structure": "lesion", "statistic": "volume_mm3", "value": 12}, source="api")
+    store.store_statistic(
+        "img0", {"structure": "lesion", "statistic": "volume_mm3", "value": 12}, source="api"
+    )
     record = store.get_image_info("img0")[INFO_KEY]["structures"]["lesion"]
     assert record["value"] == 12 and record["source"] == "api"
     assert record["history"][0]["value"] == 10 and record["history"][0]["user"] == "dr_a"

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.server
 
 def put(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="PUT", headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
@@ -32,10 +35,26 @@ def test_stats_from_volumes_and_clicks(server):
     manifest = json.loads((server.studies / "emlabel_demo" / "manifest.json").read_text())
     url = f"{server.url}/emlabel/stats"
     before = json.dumps(client.datastore(), sort_keys=True)
-    assert put(f"{url}?image=nope", {"structure": "liver", "statistic": "volume_mm3", "value": 5})[0] == 404
-    assert put(f"{url}?image=case_004", {"structure": "heart", "statistic": "volume_mm3", "value": 5})[0] == 400
-    assert put(f"{url}?image=case_004", {"structure": "liver", "statistic": "volume_mm3", "value": -5})[0] == 400
-    assert put(f"{url}?image=case_004", {"structure": "liver", "clicks_inside": [[999, 0, 0]]})[0] == 400
+    assert (
+        put(f"{url}?image=nope", {"structure": "liver", "statistic": "volume_mm3", "value": 5})[0]
+        == 404
+    )
+    assert (
+        put(f"{url}?image=case_004", {"structure": "heart", "statistic": "volume_mm3", "value": 5})[
+            0
+        ]
+        == 400
+    )
+    assert (
+        put(
+            f"{url}?image=case_004", {"structure": "liver", "statistic": "volume_mm3", "value": -5}
+        )[0]
+        == 400
+    )
+    assert (
+        put(f"{url}?image=case_004", {"structure": "liver", "clicks_inside": [[999, 0, 0]]})[0]
+        == 400
+    )
     assert json.dumps(client.datastore(), sort_keys=True) == before  # nothing stored
 
     rng = np.random.default_rng(0)

@@ -111,7 +111,9 @@ def test_crash_mid_training_leaves_the_served_model(tmp_path, monkeypatch):
 
 
 def test_trainer_request_options(tmp_path):
-    trainer = SegmentationTrainer(model_path=str(tmp_path / "m.pt"), settings=SETTINGS, description="t")
+    trainer = SegmentationTrainer(
+        model_path=str(tmp_path / "m.pt"), settings=SETTINGS, description="t"
+    )
     assert trainer.parse_request({"model": "segmentation", "max_epochs": "3"}).max_epochs == 3
     from emlabel.errors import InvalidRequestError
 

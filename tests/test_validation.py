@@ -19,7 +19,11 @@ GEO = Geometry(shape=(8, 8, 4), affine=AFFINE)
 
 def check(label, geometry=GEO, num_classes=3):
     return check_label(
-        label, Geometry(label.shape, geometry.affine), GEO, num_classes=num_classes, affine_tolerance=1e-2
+        label,
+        Geometry(label.shape, geometry.affine),
+        GEO,
+        num_classes=num_classes,
+        affine_tolerance=1e-2,
     )
 
 
