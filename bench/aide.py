@@ -55,6 +55,7 @@ from common import (
 from shared_data import BUBIL, SHENZHEN, load_grey, load_shenzhen, object_mask, resize_mask
 
 from emlabel.methods.aide import (
+    FILTER_CRITERIA,
     AIDEOptions,
     AIDETrainer,
     seg_loss_per_sample,
@@ -87,6 +88,12 @@ class Budget:
     """First correction after this fraction of the epochs (0 = the spec: from epoch 1)."""
     train_augment: bool = False
     """AIDEOptions.train_augment (our addition): train on rotated/flipped batches."""
+    filter_criterion: str = "seg"
+    """AIDEOptions.filter_criterion: "seg" (the spec) or "ce" (our addition)."""
+    correction_gate: bool = False
+    """AIDEOptions.correction_gate (our addition): the counterpart must confirm a correction."""
+    consistency_weight: float = 10.0
+    """AIDEOptions.consistency_weight (10 in the spec; 0 for an ablation)."""
 
     def aide_options(self, seed: int) -> AIDEOptions:
         """Spec defaults, with the epoch-based schedules scaled to ``epochs`` (100 in the spec)."""
@@ -99,6 +106,9 @@ class Budget:
             lr_step=max(1, round(self.lr_step_fraction * self.epochs)),
             correction_start_epoch=max(1, round(self.correction_start_fraction * self.epochs)),
             train_augment=self.train_augment,
+            filter_criterion=self.filter_criterion,
+            correction_gate=self.correction_gate,
+            consistency_weight=self.consistency_weight,
             seed=seed,
         )
 
@@ -319,11 +329,14 @@ def fit_aide_on_patches(
         finally:
             trainer.images, trainer.labels1, trainer.labels2 = full_images, l1, l2
         updates = trainer.end_of_epoch(epoch0 + 1)
-        stats = dataclasses.replace(stats, n_corrected=len(updates))
+        stats = dataclasses.replace(
+            stats, n_corrected=len(updates), n_rejected=trainer.last_rejected
+        )
         trainer.history.append(stats)
         log(
             f"    AIDE epoch {epoch0 + 1}/{epochs}: loss {stats.loss_f1:.3f}/{stats.loss_f2:.3f} "
-            f"r {stats.ramp:.2f} corrected {len(updates)} ({stats.seconds:.0f}s)"
+            f"r {stats.ramp:.2f} corrected {len(updates)} (gate refused {stats.n_rejected}) "
+            f"({stats.seconds:.0f}s)"
         )
 
 
@@ -852,6 +865,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="AIDE: train on rotated/flipped batches (AIDEOptions.train_augment)",
     )
     p.add_argument("--lr", type=float, default=None, help="learning rate of every method")
+    p.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=None,
+        help="weight of AIDE's consistency term (default 10, the spec; 0 = ablation)",
+    )
+    p.add_argument(
+        "--correction-gate",
+        action="store_true",
+        help="AIDE writes a correction only if the counterpart network confirms it",
+    )
+    p.add_argument(
+        "--filter-criterion",
+        choices=FILTER_CRITERIA,
+        default=None,
+        help="per-sample loss AIDE's local filter ranks by (default seg, the spec)",
+    )
+    p.add_argument(
+        "--fg-patch-prob",
+        type=float,
+        default=None,
+        help="BU-BIL: share of training patches centred on a noisy-label foreground pixel "
+        "(default 0.5)",
+    )
     return p.parse_args(argv)
 
 
@@ -864,7 +901,16 @@ def with_overrides(s: Any, args: argparse.Namespace) -> Any:
         b = dataclasses.replace(b, train_augment=True)
     if args.lr is not None:
         b = dataclasses.replace(b, learning_rate=args.lr)
-    return dataclasses.replace(s, budget=b)
+    if args.consistency_weight is not None:
+        b = dataclasses.replace(b, consistency_weight=args.consistency_weight)
+    if args.correction_gate:
+        b = dataclasses.replace(b, correction_gate=True)
+    if args.filter_criterion is not None:
+        b = dataclasses.replace(b, filter_criterion=args.filter_criterion)
+    s = dataclasses.replace(s, budget=b)
+    if args.fg_patch_prob is not None and isinstance(s, BubilSettings):
+        s = dataclasses.replace(s, foreground_patch_prob=args.fg_patch_prob)
+    return s
 
 
 EXPERIMENTS = ("bubil", "shenzhen")

@@ -17,6 +17,7 @@ from emlabel.methods.aide import (
     confidence_weight,
     consistency_loss,
     consistency_target,
+    filter_scores,
     global_correction,
     is_correction_epoch,
     label_dice,
@@ -258,6 +259,23 @@ def test_consistency_target_of_a_pointwise_net_lands_on_the_original_grid() -> N
     assert not q.requires_grad and float(wmap.min()) >= 0.0 and float(wmap.max()) <= 1.0
 
 
+def test_pixels_a_rotated_copy_did_not_see_do_not_vote_in_the_consistency_target() -> None:
+    h = w = 40
+    x = torch.zeros(3, 1, h, w)  # a background image
+    net = ThresholdNet()  # confident background everywhere: logits (5, -5), p_fg = sigmoid(-10)
+    options = AIDEOptions(k_augment=4, max_rotation_deg=60.0)
+    q, wmap = consistency_target(net, x, k=4, rng=torch.Generator().manual_seed(1), options=options)
+    p_fg = float(torch.sigmoid(torch.tensor(-10.0)))
+    unseen = wmap == 0  # no copy saw these corner pixels: uniform target, weight 0
+    assert float(unseen.float().mean()) < 0.05
+    assert torch.allclose(q[:, 1][unseen], torch.tensor(0.5))
+    # every pixel some copy saw keeps the network's own prediction (zero-padded logits
+    # averaged in as uniform distributions would raise q_fg towards 0.5 at the corners)
+    assert float((q[:, 1][~unseen] - p_fg).abs().max()) < 0.05  # edge ring: blended logits
+    assert float((q[:, 1][~unseen] - p_fg).abs().median()) < 1e-4
+    assert float(wmap[~unseen].median()) > 0.97
+
+
 # --- filtering and global correction ----------------------------------------------------------
 
 
@@ -269,6 +287,30 @@ def test_filter_keeps_the_smallest_counterpart_losses_as_clean() -> None:
     assert clean.tolist() == [1] and noisy.tolist() == [0, 2, 3]
     clean, noisy = split_clean_noisy(losses, 1.0)
     assert clean.tolist() == [0, 1, 2, 3] and noisy.tolist() == []
+
+
+def test_ce_filter_criterion_ranks_by_label_quality_where_seg_ranks_by_emptiness() -> None:
+    # sample 0: an empty label, predicted empty with confidence (a correct label);
+    # sample 1: a 4x4 object whose label misses half of it (a noisy label)
+    obj = torch.zeros(2, 16, 16, dtype=torch.bool)
+    obj[1, 6:10, 6:10] = True
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[1, 6:8, 6:10] = 1
+    z = torch.where(obj, 2.0, -2.0)
+    logits = torch.stack([-z, z], dim=1)  # correct predictions, p = 0.98 on every pixel
+    seg = filter_scores(logits, labels, "seg")
+    ce = filter_scores(logits, labels, "ce")
+    assert torch.allclose(seg, seg_loss_per_sample(logits, labels))
+    # Seg: the empty label's soft Dice term is ~1, so the correct empty label looks noisier
+    assert float(seg[0]) > float(seg[1])
+    # CE: the mislabelled half of the object makes sample 1 the noisier one
+    assert float(ce[1]) > float(ce[0])
+    clean, noisy = split_clean_noisy(ce, 0.5)
+    assert clean.tolist() == [0] and noisy.tolist() == [1]
+    with pytest.raises(ValueError, match="criterion"):
+        filter_scores(logits, labels, "dice")
+    with pytest.raises(ValueError, match="filter_criterion"):
+        AIDEOptions(filter_criterion="dice").validate()
 
 
 def _correction_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -349,6 +391,30 @@ def test_network_k_ranks_against_its_training_target_and_writes_into_lk() -> Non
     assert len(ones) == 8 and all(u.dice_before == 1.0 for u in ones)  # ranked against L2
     assert all(u.dice_new_vs_old == 0.0 for u in ones)  # replaced the empty L1 labels
     assert trainer.end_of_epoch(3) == []  # after warm-up, only every 10th epoch
+
+
+def test_correction_gate_writes_only_what_the_counterpart_confirms() -> None:
+    images, _, _, _ = _correction_case()
+    images[0, 0, 4:12, 4:12] = 1.0
+    square = (images[:, 0] > 0.5).long()
+    partial = torch.zeros_like(square)
+    partial[:, 4:7, 4:12] = 1  # 3 of the square's 8 rows
+    for gate in (False, True):
+        nets = iter([ThresholdNet(), ConstantNet()])  # f1: the square, f2: everything
+        options = AIDEOptions(
+            batch_size=4, correction_fraction=1.0, warmup_epochs=2, correction_gate=gate
+        )
+        trainer = AIDETrainer(lambda nets=nets: next(nets), images, partial, options=options)
+        trainer.end_of_epoch(1)
+        # f1's square: f2 (everything) finds it closer than the partial label (0.40 vs 0.17)
+        assert torch.equal(trainer.labels1, square)
+        if gate:
+            # f2's "everything": f1 (the square) prefers the partial label (0.55 vs 0.40)
+            assert torch.equal(trainer.labels2, partial)
+            assert trainer.last_rejected == 8
+        else:
+            assert torch.equal(trainer.labels2, torch.ones_like(square))
+            assert trainer.last_rejected == 0
 
 
 def test_hq_labels_never_change_through_training_with_corrections() -> None:

@@ -47,6 +47,8 @@ class AIDETrainer3D(OptionsTrainTask):
         "correction_fraction",
         "correction_start_epoch",
         "train_augment",
+        "filter_criterion",
+        "correction_gate",
         "learning_rate",
         "batch_size",
         "seed",

@@ -19,9 +19,9 @@ from emlabel.methods.aide.correction import (
     label_dice,
     predict_labels,
 )
-from emlabel.methods.aide.filtering import fraction_count, split_clean_noisy
+from emlabel.methods.aide.filtering import filter_scores, fraction_count, split_clean_noisy
 from emlabel.methods.aide.losses import consistency_loss, seg_loss_per_sample
-from emlabel.methods.aide.options import AIDEOptions
+from emlabel.methods.aide.options import FILTER_CRITERIA, AIDEOptions
 from emlabel.methods.aide.schedule import is_correction_epoch, ramp
 from emlabel.methods.aide.standardize import (
     StandardizedTask,
@@ -32,6 +32,7 @@ from emlabel.methods.aide.standardize import (
 from emlabel.methods.aide.trainer import AIDETrainer, EpochStats, LabelUpdate
 
 __all__ = [
+    "FILTER_CRITERIA",
     "AIDEOptions",
     "AIDETrainer",
     "AugmentParams",
@@ -43,6 +44,7 @@ __all__ = [
     "confidence_weight",
     "consistency_loss",
     "consistency_target",
+    "filter_scores",
     "fraction_count",
     "global_correction",
     "is_correction_epoch",

@@ -14,9 +14,15 @@ built in pixel units, ``A = S^-1 R S`` with ``S = diag(size / 2)`` mapping the n
 coordinates to pixels, so a non-square image is rotated without shear (in-plane pixels are
 assumed square). Items with theta = 0 are returned unresampled (exactly).
 
-Padding: pixels the rotated copy did not see get 0. On logits that is the uniform
-distribution, so such pixels pull the consistency target towards 0.5 and its confidence
-weight towards 0 instead of inventing a prediction.
+Padding: pixels the rotated copy did not see get 0 after the undo. They do not vote in the
+consistency target: q is the mean over the copies that saw the pixel (the undone rotation
+of a ones image is above 0.5 there; at the edge of a copy's view bilinear interpolation
+blends real and padded logits, so the outermost ring counts only where mostly real).
+Averaging the padded
+zero logits in as uniform distributions instead pulls q towards 0.5 at the image corners,
+which pushes every network trained on it towards foreground there (with +-60 degree
+rotations of a patch, up to a third of its pixels; bench/aide.py BU-BIL over-segmented).
+A pixel no copy saw gets the uniform distribution, hence confidence weight 0.
 """
 
 from __future__ import annotations
@@ -143,8 +149,9 @@ def consistency_target(
     K augmented copies of every item are predicted in one forward pass without gradients
     (the network's train/eval mode is left as it is, as in the released scripts); each
     prediction is undone on the logits, turned into probabilities by softmax, and the K are
-    averaged: q = mean_k softmax(undo_k(f(augment_k(x)))), optionally sharpened with
-    ``options.sharpen_temperature``; w = :func:`confidence_weight` (q).
+    averaged over the copies that saw each pixel: q = sum_k v_k softmax(undo_k(f(augment_k(x))))
+    / sum_k v_k with v_k = [undo_k(augment_k(1)) > 0.5] (see the module docstring);
+    optionally sharpened with ``options.sharpen_temperature``; w = :func:`confidence_weight` (q).
     Returns ``q`` ``[B, C, *spatial]`` and ``w`` ``[B, *spatial]``.
     """
     if k < 1:
@@ -157,7 +164,12 @@ def consistency_target(
     with torch.no_grad():
         logits = undo_augment(net(apply_augment(copies, params)), params)
         probs = torch.softmax(logits, dim=1)
-        q = probs.view(k, b, *probs.shape[1:]).mean(dim=0)
+        seen = torch.ones_like(copies[:, :1])
+        seen = (undo_augment(apply_augment(seen, params), params) > 0.5).to(probs.dtype)
+        votes = (probs * seen).view(k, b, *probs.shape[1:]).sum(dim=0)
+        coverage = seen.view(k, b, *seen.shape[1:]).sum(dim=0)
+        uniform = torch.full_like(votes, 1.0 / probs.shape[1])
+        q = torch.where(coverage > 0, votes / coverage.clamp_min(1.0), uniform)
         q = sharpen(q, options.sharpen_temperature)
         w = confidence_weight(q)
     return q, w

@@ -9,7 +9,8 @@ which are skipped (and not replaced by the next item in the ranking). For 3D dat
 whole volume, so the ranking is per case.
 
 This module only proposes corrections; :class:`~emlabel.methods.aide.trainer.AIDETrainer`
-decides which label copy they are written into.
+decides which label copy they are written into, and (``correction_gate``, our addition) asks
+the counterpart network to confirm each of them with :func:`counterpart_confirms`.
 """
 
 from __future__ import annotations
@@ -97,12 +98,14 @@ def global_correction(
     fraction: float,
     keep_largest_component: bool = False,
     batch_size: int = 4,
+    predictions: torch.Tensor | None = None,
 ) -> list[Correction]:
     """Corrections proposed by ``net`` for the items ``images`` ``[N, C_in, *spatial]``.
 
     ``labels`` ``[N, *spatial]`` are the reference labels the items are ranked against;
-    ``hq_mask`` ``[N]`` bool marks items that must never be relabeled. Returns the corrections
-    in ranking order (lowest Dice first); ``labels`` is not modified.
+    ``hq_mask`` ``[N]`` bool marks items that must never be relabeled; ``predictions``: the
+    net's :func:`predict_labels` output if already computed. Returns the corrections in
+    ranking order (lowest Dice first); ``labels`` is not modified.
     """
     n = images.shape[0]
     if labels.shape[0] != n or hq_mask.shape != (n,):
@@ -110,9 +113,12 @@ def global_correction(
             f"images ({n}), labels ({labels.shape[0]}) and hq_mask {tuple(hq_mask.shape)} "
             "must describe the same items"
         )
-    preds, num_classes = predict_labels(
-        net, images, batch_size=batch_size, keep_largest_component=keep_largest_component
-    )
+    if predictions is None:
+        preds, num_classes = predict_labels(
+            net, images, batch_size=batch_size, keep_largest_component=keep_largest_component
+        )
+    else:
+        preds, num_classes = predictions, _num_classes(net, images[:1])
     scores = [label_dice(preds[i], labels[i], num_classes) for i in range(n)]
     ranking = sorted(range(n), key=lambda i: (scores[i], i))
     corrections: list[Correction] = []
@@ -121,3 +127,32 @@ def global_correction(
             continue
         corrections.append(Correction(index=i, dice_before=scores[i], new_label=preds[i].clone()))
     return corrections
+
+
+def _num_classes(net: torch.nn.Module, image: torch.Tensor) -> int:
+    """Output channels of ``net`` (one eval-mode forward pass of one image)."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return int(net(image).shape[1])
+    finally:
+        net.train(was_training)
+
+
+def counterpart_confirms(
+    new_label: torch.Tensor,
+    old_label: torch.Tensor,
+    counterpart_prediction: torch.Tensor,
+    num_classes: int,
+) -> bool:
+    """True when the counterpart's prediction is at least as close to the proposed label as to
+    the label it would replace: Dice(new, q) >= Dice(old, q) (our addition to AIDE).
+
+    The counterpart learned from the very label under review, so it leans towards keeping it:
+    a correction passes only when a second, independently initialised network also prefers it.
+    When both networks are worse than the labels (small data, real annotators) their guesses
+    disagree and the labels stay.
+    """
+    q = counterpart_prediction
+    return label_dice(new_label, q, num_classes) >= label_dice(old_label, q, num_classes)

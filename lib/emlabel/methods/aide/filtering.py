@@ -10,6 +10,27 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+from emlabel.methods.aide.losses import seg_loss_per_sample
+from emlabel.methods.aide.options import FILTER_CRITERIA
+
+
+def filter_scores(logits: torch.Tensor, target: torch.Tensor, criterion: str) -> torch.Tensor:
+    """The per-sample losses ``[B]`` the filter ranks by (no gradient).
+
+    ``"seg"`` (the spec): Seg = CE + soft Dice. Its Dice term for a sample whose label is
+    (nearly) empty is 1 - 1/(sum(p_fg) + 1), close to 1 for any prediction, so with patch
+    training the filter marks patches with little foreground as noisy whatever their label
+    quality (BU-BIL: 96% of the empty patches). ``"ce"``: the pixel-mean cross-entropy, which
+    does not depend on how much foreground a sample has (our addition).
+    """
+    with torch.no_grad():
+        if criterion == "seg":
+            return seg_loss_per_sample(logits, target)
+        if criterion == "ce":
+            return F.cross_entropy(logits, target.long(), reduction="none").flatten(1).mean(dim=1)
+    raise ValueError(f"filter criterion must be one of {FILTER_CRITERIA}, got {criterion!r}")
 
 
 def fraction_count(fraction: float, n: int) -> int:

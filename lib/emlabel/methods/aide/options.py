@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+FILTER_CRITERIA: tuple[str, ...] = ("seg", "ce")
+"""Per-sample losses the filter can rank by: the spec's Seg (CE + soft Dice) or CE alone."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AIDEOptions:
@@ -22,6 +25,9 @@ class AIDEOptions:
     """T of the sharpening q^(1/T) / sum_c q^(1/T) of the consistency target; 1 = none."""
     filter_ratio: float = 0.5
     """Fraction of each batch treated as clean (smallest counterpart loss); the rest is noisy."""
+    filter_criterion: str = "seg"
+    """Counterpart loss the filter ranks by: "seg" (the spec) or "ce" (pixel-mean CE; our
+    addition for patch training, where Seg ranks by how much foreground a patch holds)."""
     consistency_weight: float = 10.0
     """Weight of the consistency term (multiplied by the ramp r(e))."""
     warmup_epochs: int = 20
@@ -45,6 +51,9 @@ class AIDEOptions:
     """Our addition (not in the spec): train on batches rotated/flipped like the consistency
     copies (same angle range and flip probability), so the networks have seen the views whose
     predictions form the consistency target."""
+    correction_gate: bool = False
+    """Our addition: write a correction only if the counterpart network's prediction is at
+    least as close to it as to the label it replaces (see ``counterpart_confirms``)."""
     keep_largest_component: bool = False
     """Keep only the largest connected component of a prediction before it replaces a label."""
     seed: int = 0
@@ -61,6 +70,7 @@ class AIDEOptions:
             "sharpen_temperature": math.isfinite(self.sharpen_temperature)
             and self.sharpen_temperature > 0.0,
             "filter_ratio": 0.0 <= self.filter_ratio <= 1.0,
+            "filter_criterion": self.filter_criterion in FILTER_CRITERIA,
             "consistency_weight": math.isfinite(self.consistency_weight)
             and self.consistency_weight >= 0.0,
             "warmup_epochs": self.warmup_epochs >= 0,

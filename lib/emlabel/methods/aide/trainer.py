@@ -31,8 +31,13 @@ from collections.abc import Callable
 import torch
 
 from emlabel.methods.aide.augment import apply_augment, consistency_target, sample_augment
-from emlabel.methods.aide.correction import global_correction, label_dice
-from emlabel.methods.aide.filtering import split_clean_noisy
+from emlabel.methods.aide.correction import (
+    counterpart_confirms,
+    global_correction,
+    label_dice,
+    predict_labels,
+)
+from emlabel.methods.aide.filtering import filter_scores, split_clean_noisy
 from emlabel.methods.aide.losses import consistency_loss, seg_loss_per_sample
 from emlabel.methods.aide.options import AIDEOptions
 from emlabel.methods.aide.schedule import is_correction_epoch, ramp
@@ -60,6 +65,8 @@ class EpochStats:
     """Optimizer steps per network."""
     n_corrected: int = 0
     """Labels replaced at the end of the epoch (both networks); filled in by ``fit``."""
+    n_rejected: int = 0
+    """Corrections the counterpart did not confirm (``correction_gate``); filled in by ``fit``."""
     seconds: float = 0.0
     """Wall time of the epoch."""
 
@@ -157,6 +164,8 @@ class AIDETrainer:
         self.rng = torch.Generator().manual_seed(seed)
         self.history: list[EpochStats] = []
         self.updates: list[LabelUpdate] = []
+        self.last_rejected = 0
+        """Corrections the gate refused at the last :meth:`end_of_epoch`."""
 
     def _count_classes(self) -> int:
         was = self.f1.training
@@ -240,8 +249,13 @@ class AIDETrainer:
             logits2 = self.f2(x)
             l1 = seg_loss_per_sample(logits1, y2)  # f1 learns from L2
             l2 = seg_loss_per_sample(logits2, y1)  # f2 learns from L1
-            clean1, noisy1 = split_clean_noisy(l2.detach(), o.filter_ratio)  # judged by f2
-            clean2, noisy2 = split_clean_noisy(l1.detach(), o.filter_ratio)  # judged by f1
+            if o.filter_criterion == "seg":
+                judged1, judged2 = l2.detach(), l1.detach()
+            else:
+                judged1 = filter_scores(logits2, y1, o.filter_criterion)
+                judged2 = filter_scores(logits1, y2, o.filter_criterion)
+            clean1, noisy1 = split_clean_noisy(judged1, o.filter_ratio)  # judged by f2
+            clean2, noisy2 = split_clean_noisy(judged2, o.filter_ratio)  # judged by f1
             loss1 = self._network_loss(l1, logits1, clean1, noisy1, t2, r)
             loss2 = self._network_loss(l2, logits2, clean2, noisy2, t1, r)
             self.opt1.zero_grad(set_to_none=True)
@@ -276,38 +290,46 @@ class AIDETrainer:
         Returns the replacements made (also appended to :attr:`updates`).
         """
         o = self.options
+        self.last_rejected = 0
         if not is_correction_epoch(
             epoch1, o.warmup_epochs, o.correction_every, start=o.correction_start_epoch
         ):
             return []
+        preds = {
+            k: predict_labels(
+                net,
+                self.images,
+                batch_size=o.batch_size,
+                keep_largest_component=o.keep_largest_component,
+            )[0]
+            for k, net in ((1, self.f1), (2, self.f2))
+        }
         proposals = {
-            1: global_correction(
-                self.f1,
+            k: global_correction(
+                net,
                 self.images,
-                self.labels2,
+                target,
                 hq_mask=self.hq_mask,
                 fraction=o.correction_fraction,
-                keep_largest_component=o.keep_largest_component,
                 batch_size=o.batch_size,
-            ),
-            2: global_correction(
-                self.f2,
-                self.images,
-                self.labels1,
-                hq_mask=self.hq_mask,
-                fraction=o.correction_fraction,
-                keep_largest_component=o.keep_largest_component,
-                batch_size=o.batch_size,
-            ),
+                predictions=preds[k],
+            )
+            for k, net, target in ((1, self.f1, self.labels2), (2, self.f2, self.labels1))
         }
         written: list[LabelUpdate] = []
         for k, corrections in proposals.items():
             copy = self.labels1 if k == 1 else self.labels2
+            counterpart = preds[2 if k == 1 else 1]
             for corr in corrections:
                 if bool(self.hq_mask[corr.index]):  # global_correction never proposes these
                     raise AssertionError(f"correction proposed for HQ item {corr.index}")
                 old = copy[corr.index].clone()
                 new = corr.new_label.to(copy.device, copy.dtype)
+                if o.correction_gate and not counterpart_confirms(
+                    new, old, counterpart[corr.index].to(copy.device), self.num_classes
+                ):
+                    self.last_rejected += 1
+                    continue
                 copy[corr.index] = new
                 written.append(
                     LabelUpdate(
@@ -337,7 +359,9 @@ class AIDETrainer:
         for epoch0 in range(len(self.history), total):
             stats = self.train_epoch(epoch0)
             updates = self.end_of_epoch(epoch0 + 1)
-            stats = dataclasses.replace(stats, n_corrected=len(updates))
+            stats = dataclasses.replace(
+                stats, n_corrected=len(updates), n_rejected=self.last_rejected
+            )
             self.history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
