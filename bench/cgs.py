@@ -61,6 +61,7 @@ from common import (
     write_json,
 )
 
+from emlabel.data.phantoms import PHANTOM_LABELS, PhantomOptions, make_phantom
 from emlabel.methods.cgs import (
     CGSOptions,
     CGSTrainer,
@@ -89,6 +90,16 @@ STRUCTURES: tuple[tuple[str, int], ...] = (
     ("adrenal_gland_left", 9),
     ("adrenal_gland_right", 8),
 )
+DATASETS = ("totalseg", "phantoms")
+DATASET_NOTES = {
+    "totalseg": f"{CT_FILE} + {SEG_FILE} (TotalSegmentator model output = pseudo ground truth). "
+    "example_seg.nii.gz covers only 30 slices (= example_ct[..., 82:112]) so the full-volume "
+    "label map of the same CT is used; axial slices cropped (no resampling) to 96x96 native "
+    "3 mm pixels",
+    "phantoms": "the demo's synthetic CT phantoms (emlabel.data.phantoms, 64x64x48 at "
+    "1.6x1.6x2.5 mm, 6 structures from the liver (~10% of the volume) to an adrenal "
+    "(~0.05%)); axial 64x64 slices, held-out phantoms as the test set",
+}
 METHODS = ("supervised", "mean_teacher", "cgs")
 METHOD_TITLES = {
     "supervised": "supervised",
@@ -134,6 +145,14 @@ class Settings:
     jobs: int = 2
     """Seeds trained in parallel worker processes (each with ``train_threads``)."""
     history_every: int = 25
+    dataset: str = "totalseg"
+    """"totalseg" (one real CT, 3 mm) or "phantoms" (the demo's synthetic CT volumes)."""
+    phantom_pool_volumes: int = 10
+    """Phantoms whose slices form the pool (labeled + unlabeled)."""
+    phantom_test_volumes: int = 4
+    """Held-out phantoms whose slices are the test set."""
+    phantom_seed: int = 7000
+    """Seed of the first phantom (the others follow)."""
 
     def cgs_options(self, seed: int) -> CGSOptions:
         return CGSOptions(
@@ -165,6 +184,54 @@ def quick_settings(s: Settings) -> Settings:
 
 
 def load_data(s: Settings) -> dict[str, Any]:
+    """The benchmark's slices of ``s.dataset`` (see :func:`load_totalseg`)."""
+    if s.dataset == "phantoms":
+        return load_phantoms(s)
+    if s.dataset == "totalseg":
+        return load_totalseg(s)
+    raise ValueError(f"unknown dataset {s.dataset!r}: choose from {DATASETS}")
+
+
+def load_phantoms(s: Settings) -> dict[str, Any]:
+    """Axial slices of demo phantoms (64x64 at 1.6 mm): pool phantoms then test phantoms.
+
+    Same keys as :func:`load_totalseg`; the test slices are every slice of the held-out
+    phantoms, the pool every slice of the others (empty slices included in both).
+    """
+    lo, hi = s.window_hu
+    n_volumes = s.phantom_pool_volumes + s.phantom_test_volumes
+    images, labels = [], []
+    for i in range(n_volumes):
+        ph = make_phantom(seed=s.phantom_seed + i)
+        image = (np.clip(ph.image, lo, hi) - lo) / (hi - lo)
+        images.append(image.transpose(2, 0, 1))  # [X, Y, Z] -> [Z, X, Y]
+        labels.append(ph.label.astype(np.int64).transpose(2, 0, 1))
+    depth = images[0].shape[0]
+    image_t = torch.from_numpy(np.ascontiguousarray(np.concatenate(images)))[:, None].float()
+    label_t = torch.from_numpy(np.ascontiguousarray(np.concatenate(labels))).long()
+    names = PHANTOM_LABELS[1:]
+    n_pool = s.phantom_pool_volumes * depth
+    return {
+        "images": image_t,
+        "labels": label_t,
+        "names": names,
+        "volume_voxels": {
+            n: round(int((label_t == k).sum()) / n_volumes) for k, n in enumerate(names, 1)
+        },
+        "test_z": list(range(n_pool, n_volumes * depth)),
+        "pool_z": list(range(n_pool)),
+        "voxels_lost_by_crop": {},
+        "spacing_mm": list(PhantomOptions().spacing),
+        "shape": list(PhantomOptions().shape),
+        "source": f"make_phantom(seed={s.phantom_seed}..{s.phantom_seed + n_volumes - 1})",
+        "split": f"test = every slice of the last {s.phantom_test_volumes} phantoms; pool = "
+        f"every slice of the first {s.phantom_pool_volumes}",
+        "voxels_note": "mean voxels per phantom volume",
+        "class_ids": {n: k for k, n in enumerate(names, 1)},
+    }
+
+
+def load_totalseg(s: Settings) -> dict[str, Any]:
     """Windowed slices ``[Z, 1, 96, 96]`` (float32) and class maps ``[Z, 96, 96]`` (0..K)."""
     ct_img = nib.load(str(TOTALSEG / CT_FILE))
     seg_img = nib.load(str(TOTALSEG / SEG_FILE))
@@ -192,10 +259,19 @@ def load_data(s: Settings) -> dict[str, Any]:
     # axial slices: [X, Y, Z] -> [Z, 1, X, Y]
     images = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[:, None]
     labels = torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1)))
+    test_z, pool_z = split_slices(images.shape[0], s)
     return {
         "images": images.float(),
         "labels": labels.long(),
+        "names": tuple(name for name, _ in STRUCTURES),
         "volume_voxels": volume_counts,
+        "test_z": test_z,
+        "pool_z": pool_z,
+        "source": f"{TOTALSEG / CT_FILE} + {TOTALSEG / SEG_FILE}",
+        "split": f"test = slices with z % {s.test_every} == {s.test_offset} (fixed); pool = "
+        "the rest",
+        "voxels_note": "voxels in the volume",
+        "class_ids": {name: ts_id for name, ts_id in STRUCTURES},
         "crop_voxels": crop_counts,
         "voxels_lost_by_crop": lost,
         "spacing_mm": [float(v) for v in ct_img.header.get_zooms()],
@@ -211,18 +287,19 @@ def split_slices(n_slices: int, s: Settings) -> tuple[list[int], list[int]]:
 
 
 def draw_labeled(
-    labels: torch.Tensor, pool: Sequence[int], fraction: float, seed: int
+    labels: torch.Tensor, pool: Sequence[int], fraction: float, seed: int, k: int
 ) -> tuple[list[int], int]:
-    """A random ``fraction`` of ``pool`` covering every class and one empty slice; (slices,
-    number of draws needed)."""
+    """A random ``fraction`` of ``pool`` covering every class and (if the pool has one) an
+    empty slice; (slices, number of draws needed)."""
     n = max(1, math.ceil(fraction * len(pool)))
-    k = len(STRUCTURES)
     present = {z: set(torch.unique(labels[z]).tolist()) - {0} for z in pool}
+    pool_has_empty = any(not classes for classes in present.values())
     rng = np.random.default_rng(10_000 + seed)
     for draw in range(1, 100_001):
         chosen = sorted(int(z) for z in rng.choice(pool, size=n, replace=False))
         covered = set().union(*(present[z] for z in chosen))
-        if len(covered) == k and any(not present[z] for z in chosen):
+        has_empty = any(not present[z] for z in chosen)
+        if len(covered) == k and (has_empty or not pool_has_empty):
             return chosen, draw
     raise RuntimeError("could not draw a labeled set that covers every structure")
 
@@ -314,31 +391,33 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> to
     return torch.cat([model(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
 
 
-def evaluate(pred: torch.Tensor, ref: torch.Tensor, test_z: Sequence[int]) -> dict[str, Any]:
+def evaluate(
+    pred: torch.Tensor, ref: torch.Tensor, test_z: Sequence[int], names: Sequence[str]
+) -> dict[str, Any]:
     """Pooled per-class Dice over all test slices (2TP / (|P| + |R|) summed over slices) and
     per-slice per-class Dice (1.0 when both are empty, as ``emlabel.metrics.dice``)."""
     p, r = pred.numpy(), ref.numpy()
     pooled, per_slice = {}, []
-    for k, (name, _) in enumerate(STRUCTURES, start=1):
+    for k, name in enumerate(names, start=1):
         pk, rk = p == k, r == k
         pooled[name] = dice(pk, rk)
     for i, z in enumerate(test_z):
         row: dict[str, Any] = {"z": int(z)}
-        for k, (name, _) in enumerate(STRUCTURES, start=1):
+        for k, name in enumerate(names, start=1):
             row[name] = dice(p[i] == k, r[i] == k)
             row[f"{name}_ref_px"] = int(np.count_nonzero(r[i] == k))
             row[f"{name}_pred_px"] = int(np.count_nonzero(p[i] == k))
         per_slice.append(row)
     # per-slice Dice averaged over the slices where the structure is in the reference
     present_mean = {}
-    for name, _ in STRUCTURES:
+    for name in names:
         vals = [row[name] for row in per_slice if row[f"{name}_ref_px"] > 0]
         present_mean[name] = float(np.mean(vals)) if vals else math.nan
     fp_slices = {
         name: sum(
             1 for row in per_slice if row[f"{name}_ref_px"] == 0 and row[f"{name}_pred_px"] > 0
         )
-        for name, _ in STRUCTURES
+        for name in names
     }
     return {
         "pooled_dice": pooled,
@@ -400,11 +479,10 @@ def small_third(data: dict[str, Any]) -> list[str]:
     return order[: max(1, len(order) // 3)]
 
 
-def class_slices(labels: torch.Tensor, zs: Sequence[int]) -> dict[str, int]:
+def class_slices(labels: torch.Tensor, zs: Sequence[int], names: Sequence[str]) -> dict[str, int]:
     """Number of slices of ``zs`` holding each structure."""
     return {
-        name: int(sum(bool((labels[z] == k).any()) for z in zs))
-        for k, (name, _) in enumerate(STRUCTURES, 1)
+        name: int(sum(bool((labels[z] == k).any()) for z in zs)) for k, name in enumerate(names, 1)
     }
 
 
@@ -415,14 +493,14 @@ def run_seed(
     run in parallel); returns the seed's results and the last frame's served model."""
     torch.set_num_threads(s.train_threads)
     data = load_data(s)
-    images, labels = data["images"], data["labels"]
-    test_z, pool_z = split_slices(images.shape[0], s)
+    images, labels, names = data["images"], data["labels"], data["names"]
+    test_z, pool_z = data["test_z"], data["pool_z"]
     test_x, test_y = images[test_z], labels[test_z]
     small = small_third(data)
     names_by_size = sorted(data["volume_voxels"], key=data["volume_voxels"].get)
-    num_classes = len(STRUCTURES) + 1
+    num_classes = len(names) + 1
     served: torch.nn.Module | None = None
-    labeled_z, draws = draw_labeled(labels, pool_z, s.labeled_fraction, seed)
+    labeled_z, draws = draw_labeled(labels, pool_z, s.labeled_fraction, seed, len(names))
     unlabeled_z = [z for z in pool_z if z not in labeled_z]
     lx, ly, ux = images[labeled_z], labels[labeled_z], images[unlabeled_z]
     print(f"seed {seed}: labeled slices {labeled_z} ({draws} draws)", flush=True)
@@ -437,9 +515,9 @@ def run_seed(
         "labeled_slices": labeled_z,
         "labeled_draws": draws,
         "n_unlabeled": len(unlabeled_z),
-        "labeled_slices_per_structure": class_slices(labels, labeled_z),
+        "labeled_slices_per_structure": class_slices(labels, labeled_z, names),
         "labeled_voxels_per_structure": {
-            name: int((ly == k).sum()) for k, (name, _) in enumerate(STRUCTURES, 1)
+            name: int((ly == k).sum()) for k, name in enumerate(names, 1)
         },
         "methods": {},
     }
@@ -466,7 +544,7 @@ def run_seed(
         train_s = time.perf_counter() - t0
         train_cpu = time.process_time() - c0
         pred = predict(model, test_x)
-        ev = evaluate(pred, test_y, test_z)
+        ev = evaluate(pred, test_y, test_z, names)
         seed_runs["methods"][method] = {
             "train_wall_s": train_s,
             "train_cpu_s": train_cpu,
@@ -500,6 +578,9 @@ def seconds_since_process_start() -> float | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny run for development")
+    p.add_argument(
+        "--dataset", choices=DATASETS, default="totalseg", help="slices to train and test on"
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/cgs.json)"
     )
@@ -541,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings()
     if args.quick:
         s = quick_settings(s)
+    s = dataclasses.replace(s, dataset=args.dataset)
     if args.iterations is not None:
         s = dataclasses.replace(s, iterations=args.iterations)
     if args.lr is not None:
@@ -560,17 +642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall: dict[str, float] = {}
     t0 = time.perf_counter()
     data = load_data(s)
-    images, labels = data["images"], data["labels"]
-    test_z, pool_z = split_slices(images.shape[0], s)
+    images, labels, names = data["images"], data["labels"], data["names"]
+    test_z, pool_z = data["test_z"], data["pool_z"]
     wall["load_data_s"] = time.perf_counter() - t0
     small = small_third(data)
     names_by_size = sorted(data["volume_voxels"], key=data["volume_voxels"].get)
-    num_classes = len(STRUCTURES) + 1
+    num_classes = len(names) + 1
 
     empty_test = [z for z in test_z if not bool(labels[z].any())]
     print(f"{len(test_z)} test slices ({len(empty_test)} empty), pool {len(pool_z)}", flush=True)
     print(
-        "structures (voxels in the volume): "
+        f"structures ({data['voxels_note']}): "
         + ", ".join(f"{n} {data['volume_voxels'][n]}" for n in names_by_size),
         flush=True,
     )
@@ -691,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     has_small = [
         i
         for i, z in enumerate(test_z)
-        if any(bool((labels[z] == k).any()) for k, (n, _) in enumerate(STRUCTURES, 1) if n in small)
+        if any(bool((labels[z] == k).any()) for k, n in enumerate(names, 1) if n in small)
     ]
     if "cgs" in methods and "mean_teacher" in methods:
         tests["cgs_vs_mean_teacher_slices_with_small_structure"] = paired_wilcoxon(
@@ -758,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"params: served generalist_only {params['served_generalist_only']:,} | plain U-Net "
         f"{params['plain_unet']:,} | CGS net with specialists {params['cgs_net_with_specialists']:,}"
         f" (same architecture: {same_arch})",
-        f"inference ({s.threads} threads, batch {s.timing_batch}x96x96, median of "
+        f"inference ({s.threads} threads, input {'x'.join(map(str, x.shape))}, median of "
         f"{s.timing_repeats}): plain {timing['plain_unet']['median_ms']:.2f} ms, served "
         f"{timing['served']['median_ms']:.2f} ms -> ratio {ratio:.3f} "
         f"(forward with all heads {ratio_all:.3f}); 1 thread: plain "
@@ -782,13 +864,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "methods": list(methods),
         "settings": dataclasses.asdict(s),
         "design": {
-            "data": f"{CT_FILE} + {SEG_FILE} (TotalSegmentator model output = pseudo ground "
-            "truth). example_seg.nii.gz covers only 30 slices (= example_ct[..., 82:112]) so "
-            "the full-volume label map of the same CT is used.",
-            "slices": "axial, cropped (no resampling) to 96x96 native 3 mm pixels",
-            "split": f"test = slices with z % {s.test_every} == {s.test_offset} (fixed); pool = "
-            "the rest; labeled = ceil(10% of pool) random slices per seed (redrawn until every "
-            "structure and one empty slice appear); unlabeled = the rest of the pool",
+            "data": DATASET_NOTES[s.dataset],
+            "split": data["split"] + f"; labeled = ceil({s.labeled_fraction:.0%} of pool) random "
+            "slices per seed (redrawn until every structure and one empty slice appear); "
+            "unlabeled = the rest of the pool",
             "supervised": "plain U-Net (CGSNet(init).generalist_only(), i.e. build_plain_unet "
             "with the same initial weights), local loop: weak view, supervised_loss(gen, None, "
             "y) = masked CE + Dice, SGD/poly as the frames, EMA teacher evaluated",
@@ -805,21 +884,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "iterations; seeds run in parallel processes with 1 torch thread each",
         },
         "data": {
-            "ct": str(TOTALSEG / CT_FILE),
-            "seg": str(TOTALSEG / SEG_FILE),
+            "dataset": s.dataset,
+            "source": data["source"],
             "shape": data["shape"],
             "spacing_mm": data["spacing_mm"],
             "structures": [
                 {
                     "name": n,
-                    "totalseg_id": ts,
+                    "source_id": data["class_ids"][n],
                     "class": k,
                     "volume_voxels": data["volume_voxels"][n],
-                    "slices_in_volume": class_slices(labels, range(images.shape[0]))[n],
-                    "test_slices": class_slices(labels, test_z)[n],
+                    "slices_in_data": class_slices(labels, range(images.shape[0]), names)[n],
+                    "test_slices": class_slices(labels, test_z, names)[n],
                     "test_voxels": int((test_y == k).sum()),
                 }
-                for k, (n, ts) in enumerate(STRUCTURES, 1)
+                for k, n in enumerate(names, 1)
             ],
             "size_ratio_largest_smallest": max(data["volume_voxels"].values())
             / min(data["volume_voxels"].values()),
