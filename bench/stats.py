@@ -88,6 +88,11 @@ class Config:
     use_reconstruction: bool = True
     lambda_ent: float = 0.0
     full: bool = False
+    n_clicks_out: int = 0
+    """Background clicks (drawn uniformly outside the object)."""
+    reconstruction_mode: str = "partition"
+    normalize_reconstruction: bool = False
+    stat_temperature: float = 1.0
 
 
 CONFIGS: tuple[Config, ...] = (
@@ -99,6 +104,27 @@ CONFIGS: tuple[Config, ...] = (
     Config("both10", with_area=True, n_clicks=10),
     Config("both20", with_area=True, n_clicks=20),
     Config("both5_ent", with_area=True, n_clicks=5, lambda_ent=0.3),
+    Config("both5_local", with_area=True, n_clicks=5, reconstruction_mode="local"),
+    Config(
+        "both5_local_norm",
+        with_area=True,
+        n_clicks=5,
+        reconstruction_mode="local",
+        normalize_reconstruction=True,
+    ),
+    Config("both5_norm", with_area=True, n_clicks=5, normalize_reconstruction=True),
+    Config("both5_bg5", with_area=True, n_clicks=5, n_clicks_out=5),
+    Config(
+        "both5_bg5_local_norm",
+        with_area=True,
+        n_clicks=5,
+        n_clicks_out=5,
+        reconstruction_mode="local",
+        normalize_reconstruction=True,
+    ),
+    Config("both5_t025", with_area=True, n_clicks=5, stat_temperature=0.25),
+    Config("both5_t01", with_area=True, n_clicks=5, stat_temperature=0.1),
+    Config("both5_bg5_t025", with_area=True, n_clicks=5, n_clicks_out=5, stat_temperature=0.25),
     Config("full", with_area=False, n_clicks=0, use_reconstruction=False, full=True),
 )
 
@@ -230,6 +256,7 @@ def weak_targets(
             m,
             spacing,
             n_in=config.n_clicks,
+            n_out=config.n_clicks_out,
             with_area=config.with_area,
             structures=[1],
             generator=generator,
@@ -257,6 +284,9 @@ def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[st
     )
     options = StatsOptions(
         use_reconstruction=config.use_reconstruction,
+        reconstruction_mode=config.reconstruction_mode,
+        normalize_reconstruction=config.normalize_reconstruction,
+        stat_temperature=config.stat_temperature,
         lambda_ent=config.lambda_ent,
         lambda_full=1.0,
         learning_rate=s.learning_rate,
@@ -306,7 +336,8 @@ def summarize_dataset(data: DataSet, runs: list[dict[str, Any]]) -> dict[str, An
     """Per-configuration summaries and the paired tests of ``both5`` vs the others."""
     eval_split = "test" if data.test_images is not None else "train"
     table: dict[str, Any] = {}
-    for c in CONFIGS:
+    ran = {r["config"] for r in runs}
+    for c in (c for c in CONFIGS if c.name in ran):
         mine = [r for r in runs if r["config"] == c.name]
         row: dict[str, Any] = {
             "train_seconds": summarize([r["train_seconds"] for r in mine]),
@@ -324,6 +355,7 @@ def summarize_dataset(data: DataSet, runs: list[dict[str, Any]]) -> dict[str, An
             per_image(runs, other, eval_split, "dice"),
         )
         for other in ("stats", "clicks5", "both5_norec", "full")
+        if {"both5", other} <= ran
     }
     return {
         "name": data.name,
@@ -400,7 +432,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--datasets", default="bubil,phantom_lesion,brain_lesion", help="comma-separated"
     )
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds")
+    parser.add_argument(
+        "--configs", default=None, help="comma-separated subset of configurations (development)"
+    )
     args = parser.parse_args(argv)
+    configs = CONFIGS
+    if args.configs:
+        by_name = {c.name: c for c in CONFIGS}
+        unknown = sorted(set(args.configs.split(",")) - set(by_name))
+        if unknown:
+            parser.error(f"unknown configurations {unknown}; choose from {sorted(by_name)}")
+        configs = tuple(by_name[n] for n in args.configs.split(","))
     s = quick_settings() if args.quick else Settings()
     if args.seeds:
         s = dataclasses.replace(s, seeds=tuple(int(v) for v in args.seeds.split(",")))
@@ -417,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = loaders[name](s)
         runs = []
         for seed in s.seeds:
-            for c in CONFIGS:
+            for c in configs:
                 r = run_config(data, c, s, seed)
                 log(
                     f"{name} seed {seed} {c.name}: train Dice "

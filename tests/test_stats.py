@@ -222,6 +222,35 @@ def test_statistic_loss_is_zero_at_the_target_and_matches_a_hand_example() -> No
     assert float(image_stat_loss(probs, targets)) == pytest.approx(0.04)
 
 
+def test_a_low_stat_temperature_moves_the_mask_edge_not_every_voxel() -> None:
+    # logits of a disk: +6 inside, -6 far outside, crossing 0 at the disk's edge
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    radius = ((yy - 16) ** 2 + (xx - 16) ** 2).sqrt()
+    z = (6.0 * (5.0 - radius)).clamp(-6.0, 6.0)
+    edge = (radius - 5.0).abs() < 0.5
+    far = radius > 12.0
+    area = 2.0 * math.pi * 25.0  # the disk should be twice as large
+    targets = [
+        ImageTargets(spacing=(1.0, 1.0), structures=[StructureStats(structure=1, area_mm=area)])
+    ]
+    x = torch.zeros(1, 1, 32, 32)
+
+    def grad(temperature: float) -> torch.Tensor:
+        logits = z[None, None].clone().requires_grad_(True)
+        o = StatsOptions(use_reconstruction=False, stat_temperature=temperature)
+        stats_loss(logits, x, targets, options=o).total.backward()
+        return logits.grad[0, 0].abs()
+
+    soft, sharp = grad(1.0), grad(0.1)
+    # both grow the mask (the gradient is nonzero), but at T = 0.1 the far voxels get
+    # practically none of it and the edge gets it all
+    assert float(sharp[edge].mean()) > 0
+    assert float(sharp[far].mean()) < 1e-6 * float(sharp[edge].mean())
+    assert float(soft[far].mean()) > 1e-3 * float(soft[edge].mean())
+    with pytest.raises(ValueError, match="stat_temperature"):
+        StatsOptions(stat_temperature=0.0).validate()
+
+
 def test_the_same_physical_area_at_two_spacings_gives_the_same_loss() -> None:
     g = torch.Generator().manual_seed(0)
     coarse = torch.rand(16, 16, generator=g)  # spacing 1.0 mm
@@ -342,6 +371,50 @@ def test_reconstruction_modes_agree_for_one_structure_and_partition_fits_k_regio
     onehot = torch.nn.functional.one_hot(label, 3).permute(2, 0, 1).float()
     assert float(reconstruction_loss(x3, onehot, "partition")) == pytest.approx(0.0, abs=1e-8)
     assert float(reconstruction_loss(x3, onehot, "one_vs_rest")) > 0.01
+
+
+def _object_on_shaded_background() -> tuple[torch.Tensor, torch.Tensor]:
+    """A disk 0.25 brighter than its surroundings on a background shaded 0 -> 1 left to right
+    (a bias field, as in ultrasound or microscopy); ``[1, 64, 64]`` and the disk mask."""
+    g = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disk = (((yy - 32) ** 2 + (xx - 20) ** 2) <= 36).float()
+    x = xx / 63.0 + 0.25 * disk
+    return (x + 0.02 * torch.randn(64, 64, generator=g))[None], disk
+
+
+def test_local_reconstruction_finds_an_object_on_a_shaded_background() -> None:
+    x, disk = _object_on_shaded_background()
+    bright_half = (x[0] > 0.5).float()  # the dominant contrast: the shading
+
+    def rec(mask: torch.Tensor, mode: str) -> float:
+        return float(reconstruction_loss(x, torch.stack([1 - mask, mask]), mode))
+
+    # the global two-region model prefers thresholding the shading to the object
+    assert rec(bright_half, "partition") < rec(disk, "partition")
+    # local region means explain the shading, so the object mask wins
+    assert rec(disk, "local") < rec(bright_half, "local")
+    shifted = torch.roll(disk, shifts=(0, 12), dims=(0, 1))
+    assert rec(disk, "local") < 0.6 * rec(shifted, "local")
+
+
+def test_normalized_reconstruction_does_not_depend_on_the_intensity_unit() -> None:
+    x, disk = _object_on_shaded_background()
+    probs = torch.stack([1 - disk, disk])
+    for mode in ("partition", "local"):
+        a = reconstruction_loss(x, probs, mode, normalize=True)
+        b = reconstruction_loss(1000.0 * x - 200.0, probs, mode, normalize=True)
+        assert float(a) == pytest.approx(float(b), rel=1e-3)
+        # unnormalised, the loss scales with the unit squared
+        raw = reconstruction_loss(1000.0 * x, probs, mode)
+        assert float(raw) == pytest.approx(
+            1e6 * float(reconstruction_loss(x, probs, mode)), rel=1e-3
+        )
+
+
+def test_reconstruction_sigma_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="reconstruction_sigma"):
+        StatsOptions(reconstruction_sigma=0.0).validate()
 
 
 # --- the combined loss ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-RECONSTRUCTION_MODES: tuple[str, ...] = ("partition", "one_vs_rest")
+RECONSTRUCTION_MODES: tuple[str, ...] = ("partition", "one_vs_rest", "local")
 """Ways to generalise the two-region reconstruction to several structures (see losses.py)."""
 
 
@@ -25,13 +25,23 @@ class StatsOptions:
     lambda_ent: float = 0.0
     """Weight of the entropy (sharpness) term L_ent, our addition to the spec: it turns the
     matched soft size into a matched hard size (0 = the spec's loss)."""
+    stat_temperature: float = 1.0
+    """T of the mask L_stat measures, m_k = softmax(logits / T)[k] (1 = the spec's soft mask).
+    With T < 1 the measured size is close to the hard mask's size and its gradient acts on the
+    voxels near the decision boundary (the mask grows or shrinks at its edge) instead of
+    raising or lowering every voxel a little, which a diffuse mask satisfies (our addition)."""
     lambda_full: float = 1.0
     """Weight of the DiceCE term on the images that have a full label map."""
     use_reconstruction: bool = True
     """Include L_rec (False is the spec's "both without L_rec" ablation)."""
     reconstruction_mode: str = "partition"
     """Multi-structure L_rec: "partition" (one (K+1)-region model) or "one_vs_rest"
-    (mean over structures of structure-vs-rest two-region models); identical for K = 1."""
+    (mean over structures of structure-vs-rest two-region models); identical for K = 1;
+    or "local" (the partition model with Gaussian-local region means)."""
+    reconstruction_sigma: float = 4.0
+    """Gaussian sigma in voxels of the local region means (reconstruction_mode "local")."""
+    normalize_reconstruction: bool = False
+    """Divide L_rec by the image variance (unit-free; our addition, off = the spec)."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
     max_epochs: int = 100
@@ -53,7 +63,10 @@ class StatsOptions:
             "lambda_rec": weight(self.lambda_rec),
             "lambda_ent": weight(self.lambda_ent),
             "lambda_full": weight(self.lambda_full),
+            "stat_temperature": math.isfinite(self.stat_temperature) and self.stat_temperature > 0,
             "reconstruction_mode": self.reconstruction_mode in RECONSTRUCTION_MODES,
+            "reconstruction_sigma": math.isfinite(self.reconstruction_sigma)
+            and self.reconstruction_sigma > 0.0,
             "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate > 0.0,
             "max_epochs": self.max_epochs >= 1,
             "batch_size": self.batch_size >= 1,
