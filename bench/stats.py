@@ -16,8 +16,13 @@ forced (:func:`emlabel.methods.stats.area_matched_labels`; "area-matched").
 Configurations: ``stats`` (area only), ``clicks5`` (5 clicks, no area), ``both5`` (area + 5
 clicks), ``both5_norec`` (the same without the reconstruction term), ``both1`` /
 ``both10`` / ``both20`` (area + 1 / 10 / 20 clicks), ``both5_ent`` (``both5`` plus our
-entropy term ``lambda_ent = 0.3``, see :mod:`emlabel.methods.stats.losses`), ``full`` (DiceCE on the full reference
-masks, no other term: the fully supervised reference with the same network).
+entropy term ``lambda_ent = 0.3``, see :mod:`emlabel.methods.stats.losses`), ``grow1`` /
+``grow5`` / ``grow10`` / ``grow20`` (our addition: each training image gets the label grown
+from its clicks to the known area, :mod:`emlabel.methods.stats.geodesic`, trained with DiceCE
+alone; the "grown label Dice" column scores those labels), ``grow5_weak_terms`` (the same
+with the spec's terms kept on top), ``full`` (DiceCE on the full reference masks, no other
+term: the fully supervised reference with the same network). ``PROBE_CONFIGS`` (run with
+``--configs``) hold variants tried once.
 
 Data sets (``../shared/data``, never copied):
 
@@ -93,6 +98,10 @@ class Config:
     reconstruction_mode: str = "partition"
     normalize_reconstruction: bool = False
     stat_temperature: float = 1.0
+    grow: bool = False
+    """Train on labels grown from the clicks to the known area (StatsOptions.grow_labels)."""
+    weak_on_labeled: bool = True
+    """StatsOptions.weak_terms_on_labeled (False: grown labels are trained by DiceCE alone)."""
 
 
 CONFIGS: tuple[Config, ...] = (
@@ -104,6 +113,14 @@ CONFIGS: tuple[Config, ...] = (
     Config("both10", with_area=True, n_clicks=10),
     Config("both20", with_area=True, n_clicks=20),
     Config("both5_ent", with_area=True, n_clicks=5, lambda_ent=0.3),
+    Config("grow1", with_area=True, n_clicks=1, grow=True, weak_on_labeled=False),
+    Config("grow5", with_area=True, n_clicks=5, grow=True, weak_on_labeled=False),
+    Config("grow10", with_area=True, n_clicks=10, grow=True, weak_on_labeled=False),
+    Config("grow20", with_area=True, n_clicks=20, grow=True, weak_on_labeled=False),
+    Config("grow5_weak_terms", with_area=True, n_clicks=5, grow=True),
+    Config("full", with_area=False, n_clicks=0, use_reconstruction=False, full=True),
+)
+PROBE_CONFIGS: tuple[Config, ...] = (
     Config("both5_local", with_area=True, n_clicks=5, reconstruction_mode="local"),
     Config(
         "both5_local_norm",
@@ -125,8 +142,8 @@ CONFIGS: tuple[Config, ...] = (
     Config("both5_t025", with_area=True, n_clicks=5, stat_temperature=0.25),
     Config("both5_t01", with_area=True, n_clicks=5, stat_temperature=0.1),
     Config("both5_bg5_t025", with_area=True, n_clicks=5, n_clicks_out=5, stat_temperature=0.25),
-    Config("full", with_area=False, n_clicks=0, use_reconstruction=False, full=True),
 )
+"""Variants tried once (``--configs``; bench/results/stats_probe.*), not run by default."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +304,8 @@ def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[st
         reconstruction_mode=config.reconstruction_mode,
         normalize_reconstruction=config.normalize_reconstruction,
         stat_temperature=config.stat_temperature,
+        grow_labels=config.grow,
+        weak_terms_on_labeled=config.weak_on_labeled,
         lambda_ent=config.lambda_ent,
         lambda_full=1.0,
         learning_rate=s.learning_rate,
@@ -294,6 +313,7 @@ def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[st
         batch_size=s.batch_size,
         seed=seed,
     )
+    start = time.perf_counter()  # includes growing labels from the clicks (grow configs)
     trainer = StatsTrainer(
         lambda: build_unet(spatial_dims=2, out_channels=2, channels=s.channels),
         data.train_images,
@@ -301,7 +321,6 @@ def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[st
         full_labels=data.train_masks if config.full else None,
         options=options,
     )
-    start = time.perf_counter()
     history = trainer.fit()
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
@@ -316,6 +335,12 @@ def run_config(data: DataSet, config: Config, s: Settings, seed: int) -> dict[st
             data.spacing,
         ),
     }
+    if config.grow:
+        grown = trainer.grown_labels()
+        stacked = torch.stack(
+            [grown.get(i, torch.zeros_like(m)) for i, m in enumerate(data.train_masks)]
+        )
+        result["train_grown"] = score(stacked, data.train_masks, data.spacing)
     if data.test_images is not None and data.test_masks is not None:
         result["test"] = score(
             trainer.predict_labels(data.test_images), data.test_masks, data.spacing
@@ -337,25 +362,26 @@ def summarize_dataset(data: DataSet, runs: list[dict[str, Any]]) -> dict[str, An
     eval_split = "test" if data.test_images is not None else "train"
     table: dict[str, Any] = {}
     ran = {r["config"] for r in runs}
-    for c in (c for c in CONFIGS if c.name in ran):
+    for c in (c for c in (*CONFIGS, *PROBE_CONFIGS) if c.name in ran):
         mine = [r for r in runs if r["config"] == c.name]
         row: dict[str, Any] = {
             "train_seconds": summarize([r["train_seconds"] for r in mine]),
             "final_area_error": summarize([r["final_area_error"] for r in mine]),
         }
-        for split in ("train", "train_matched", "test"):
+        for split in ("train", "train_matched", "train_grown", "test"):
             for metric in ("dice", "ravd"):
                 values = per_image(runs, c.name, split, metric)
                 if values:
                     row[f"{split}_{metric}"] = summarize(values)
         table[c.name] = row
+    pairs = [("both5", other) for other in ("stats", "clicks5", "both5_norec", "full")]
+    pairs += [("grow5", other) for other in ("stats", "clicks5", "both5", "full")]
     tests = {
-        f"both5_vs_{other}": paired_wilcoxon(
-            per_image(runs, "both5", eval_split, "dice"),
-            per_image(runs, other, eval_split, "dice"),
+        f"{a}_vs_{b}": paired_wilcoxon(
+            per_image(runs, a, eval_split, "dice"), per_image(runs, b, eval_split, "dice")
         )
-        for other in ("stats", "clicks5", "both5_norec", "full")
-        if {"both5", other} <= ran
+        for a, b in pairs
+        if {a, b} <= ran
     }
     return {
         "name": data.name,
@@ -387,6 +413,7 @@ def print_dataset(res: dict[str, Any]) -> str:
                 _cell(row, "train_dice"),
                 _cell(row, "train_ravd"),
                 _cell(row, "train_matched_dice"),
+                _cell(row, "train_grown_dice"),
                 _cell(row, "test_dice"),
                 _cell(row, "test_ravd"),
                 f"{row['final_area_error']['mean']:.3f}",
@@ -404,6 +431,7 @@ def print_dataset(res: dict[str, Any]) -> str:
             "train Dice",
             "train RAVD",
             "train Dice, area-matched",
+            "grown label Dice",
             "test Dice",
             "test RAVD",
             "area err",
@@ -438,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = CONFIGS
     if args.configs:
-        by_name = {c.name: c for c in CONFIGS}
+        by_name = {c.name: c for c in (*CONFIGS, *PROBE_CONFIGS)}
         unknown = sorted(set(args.configs.split(",")) - set(by_name))
         if unknown:
             parser.error(f"unknown configurations {unknown}; choose from {sorted(by_name)}")

@@ -12,6 +12,7 @@ import torch
 
 from emlabel.methods.stats import (
     ImageTargets,
+    LossTerms,
     StatsOptions,
     StatsTrainer,
     StructureStats,
@@ -418,6 +419,34 @@ def test_reconstruction_sigma_must_be_positive() -> None:
 
 
 # --- the combined loss ------------------------------------------------------------------------
+
+
+def test_weak_terms_can_leave_images_with_a_full_label_to_dicece() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, generator=g)
+    images = torch.rand(2, 1, 8, 8, generator=g)
+    t = ImageTargets(
+        spacing=(1.0, 1.0),
+        structures=[StructureStats(structure=1, area_mm=10.0, clicks_in=torch.tensor([[3, 3]]))],
+    )
+    full = torch.zeros(2, 8, 8, dtype=torch.long)
+    has_full = torch.tensor([True, False])
+    probs = torch.softmax(logits, 1)
+
+    def terms(on_labeled: bool) -> LossTerms:
+        o = StatsOptions(weak_terms_on_labeled=on_labeled)
+        return stats_loss(logits, images, [t, t], options=o, full_labels=full, has_full=has_full)
+
+    off, on = terms(False), terms(True)
+    # off: only image 1 (no full label) has weak terms; image 0 is DiceCE alone
+    assert float(off.stat) == pytest.approx(float(image_stat_loss(probs[1], t)), rel=1e-5)
+    assert float(off.rec) == pytest.approx(
+        float(reconstruction_loss(images[1], probs[1])), rel=1e-5
+    )
+    both = (image_stat_loss(probs[0], t) + image_stat_loss(probs[1], t)) / 2
+    assert float(on.stat) == pytest.approx(float(both), rel=1e-5)
+    assert float(off.full) == pytest.approx(float(on.full))
+    assert StatsOptions().weak_terms_on_labeled  # the spec's loss by default
 
 
 def test_terms_are_skipped_per_image_when_their_supervision_is_absent() -> None:

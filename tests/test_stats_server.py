@@ -79,6 +79,7 @@ def test_stats_from_volumes_and_clicks(server):
     assert status["status"] == "DONE", status
     stats = client.info()["train_stats"]["stats"]
     assert stats["weak_images"] == 2 and len(stats["label_versions_written"]) == 2
+    assert stats["grown_label_images"] == 2  # volume + clicks: labels grown (grow_labels)
     objects = client.datastore()["objects"]
     for image_id in ("case_004", "case_005"):
         weak = {t: lab for t, lab in objects[image_id]["labels"].items() if t.startswith("stats-v")}

@@ -5,6 +5,7 @@ several structures (softmax channel k = structure k); see
 ``/work/shared/specs/summary-stats.md``.
 """
 
+from emlabel.methods.stats.geodesic import geodesic_area_labels, geodesic_distance
 from emlabel.methods.stats.losses import (
     LossTerms,
     class_logits,
@@ -47,6 +48,8 @@ __all__ = [
     "click_mask",
     "entropy_loss",
     "full_label_loss",
+    "geodesic_area_labels",
+    "geodesic_distance",
     "image_overlap_loss",
     "image_stat_loss",
     "overlap_loss",

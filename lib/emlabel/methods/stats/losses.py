@@ -307,7 +307,12 @@ def stats_loss(
     stat_terms: list[torch.Tensor] = []
     ovl_terms: list[torch.Tensor] = []
     ent_terms: list[torch.Tensor] = []
+    labeled = torch.zeros(b, dtype=torch.bool)
+    if full_labels is not None:
+        labeled = torch.ones(b, dtype=torch.bool) if has_full is None else has_full.bool().cpu()
     for i, t in enumerate(targets):
+        if bool(labeled[i]) and not o.weak_terms_on_labeled:
+            continue  # a full label (human or grown) is this image's whole supervision
         if o.lambda_ent > 0:
             ent_terms.append(entropy_loss(probs[i]))
         if o.use_reconstruction:

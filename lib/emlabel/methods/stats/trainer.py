@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from emlabel.methods.stats.geodesic import geodesic_area_labels
 from emlabel.methods.stats.losses import class_logits, stats_loss
 from emlabel.methods.stats.options import StatsOptions
 from emlabel.methods.stats.postprocess import area_matched_labels
@@ -142,10 +143,41 @@ class StatsTrainer:
             self.full_label_mask = mask.clone()
         elif full_label_mask is not None:
             raise ValueError("full_label_mask was given without full_labels")
+        self.grown_mask = torch.zeros(n, dtype=torch.bool)
+        """Images whose full label was grown from their clicks (``options.grow_labels``)."""
+        if self.options.grow_labels:
+            self._grow_labels(spatial)
 
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.options.learning_rate)
         self.rng = torch.Generator().manual_seed(self.options.seed)
         self.history: list[StatsEpochStats] = []
+
+    def _grow_labels(self, spatial: tuple[int, ...]) -> None:
+        """Give every image without a full label, but with a size and clicks, the label grown
+        from its clicks (:func:`geodesic_area_labels`) as its full label."""
+        for i, t in enumerate(self.targets):
+            if bool(self.full_label_mask[i]):
+                continue
+            grown = geodesic_area_labels(
+                self.images[i], t, intensity_weight=self.options.grow_intensity_weight
+            )
+            if grown is None:
+                continue
+            if self.full_labels is None:
+                self.full_labels = torch.zeros(
+                    (len(self.targets), *spatial), dtype=torch.long, device=self.device
+                )
+            self.full_labels[i] = grown.to(self.device)
+            self.full_label_mask[i] = True
+            self.grown_mask[i] = True
+
+    def grown_labels(self) -> dict[int, torch.Tensor]:
+        """The labels grown from clicks, by image index (empty unless ``grow_labels``)."""
+        if self.full_labels is None:
+            return {}
+        return {
+            int(i): self.full_labels[int(i)].cpu() for i in torch.nonzero(self.grown_mask).flatten()
+        }
 
     def _count_classes(self) -> int:
         was = self.network.training
