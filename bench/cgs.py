@@ -150,6 +150,8 @@ class Settings:
     jobs: int = 2
     """Seeds trained in parallel worker processes (each with ``train_threads``)."""
     history_every: int = 25
+    confident_masks: bool = False
+    """CGSOptions.confident_masks (our addition)."""
     dataset: str = "totalseg"
     """"totalseg" (one real CT, 3 mm) or "phantoms" (the demo's synthetic CT volumes)."""
     phantom_pool_volumes: int = 10
@@ -162,6 +164,7 @@ class Settings:
     def cgs_options(self, seed: int) -> CGSOptions:
         return CGSOptions(
             tau=self.tau,
+            confident_masks=self.confident_masks,
             ema_decay_max=self.ema_decay_max,
             lambda_max=self.lambda_max,
             cutmix_area=self.cutmix_area,
@@ -584,6 +587,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny run for development")
     p.add_argument(
+        "--confident-masks",
+        action="store_true",
+        help="CGS: M_s and M_e also need confident heads (our addition)",
+    )
+    p.add_argument(
         "--dataset", choices=DATASETS, default="totalseg", help="slices to train and test on"
     )
     p.add_argument(
@@ -627,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings()
     if args.quick:
         s = quick_settings(s)
-    s = dataclasses.replace(s, dataset=args.dataset)
+    s = dataclasses.replace(s, dataset=args.dataset, confident_masks=args.confident_masks)
     if args.iterations is not None:
         s = dataclasses.replace(s, iterations=args.iterations)
     if args.lr is not None:

@@ -104,6 +104,23 @@ def test_pseudo_labels_masks_and_consensus() -> None:
     assert only.y_s is None and only.m_s is None and only.m_e is None
 
 
+def test_confident_masks_drop_pixels_no_head_is_sure_of() -> None:
+    # K = 2, three pixels: 0 all sure (background), 1 IHED-consistent but head 1 unsure,
+    # 2 generalist sure of class 1 and the heads agree but are unsure
+    gen = torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.3, 9.0], [0.0, 0.0, 0.0]]).reshape(1, 3, 3)
+    head1 = torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.6, 0.6], [0.0, 0.0, 0.0]]).reshape(1, 3, 3)
+    head2 = torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 9.0, 0.6]]).reshape(1, 3, 3)
+    spec = [head1, head2]
+    plain = make_pseudo_labels(gen, spec, tau=0.95)
+    sure = make_pseudo_labels(gen, spec, tau=0.95, confident_masks=True)
+    assert plain.m_g.tolist() == [[True, False, True]]
+    assert plain.m_s.tolist() == [[True, True, True]]  # the spec: IHED consistency only
+    assert sure.m_s.tolist() == [[True, False, False]]
+    assert plain.m_e.tolist() == [[True, True, True]]
+    assert sure.m_e.tolist() == [[True, False, True]]  # pixel 2: the generalist is sure
+    assert torch.equal(plain.y_s, sure.y_s) and torch.equal(plain.y_g, sure.y_g)
+
+
 # -- teacher -------------------------------------------------------------------------------
 def test_teacher_is_an_ema_of_the_student() -> None:
     student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))

@@ -14,6 +14,9 @@ class CGSOptions:
 
     tau: float = 0.95
     """Confidence threshold of the generalist pseudo-label mask M_g (max prob > tau)."""
+    confident_masks: bool = False
+    """Our addition: M_s and M_e also need confident heads (see ``make_pseudo_labels``); the
+    spec thresholds only M_g, so the other two terms train on uncertain pixels too."""
     ema_decay_max: float = 0.99
     """Cap of the mean-teacher EMA decay min(1 - 1/(t + 1), ema_decay_max)."""
     lambda_max: float = 0.1

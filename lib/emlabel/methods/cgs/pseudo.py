@@ -65,19 +65,30 @@ def make_pseudo_labels(
     specialist_logits: Sequence[torch.Tensor] | None,
     *,
     tau: float,
+    confident_masks: bool = False,
 ) -> PseudoLabels:
-    """All pseudo-labels of one teacher prediction (specialists optional)."""
+    """All pseudo-labels of one teacher prediction (specialists optional).
+
+    ``confident_masks`` (our addition; False = the spec): M_s also requires every specialist
+    head's max probability > tau, and M_e requires agreement where M_g or that M_s holds, so
+    no pseudo-label term trains on pixels that no head is sure of.
+    """
     y_g, m_g = generalist_pseudo_labels(generalist_logits.softmax(dim=1), tau)
     if not specialist_logits:
         return PseudoLabels(y_g=y_g, m_g=m_g)
     decisions = head_decisions(specialist_logits)
     y_s = specialist_fused([logits.softmax(dim=1) for logits in specialist_logits])
     y_e, m_e = consensus(y_g, y_s)
+    m_s = ihed_consistent(decisions)
+    if confident_masks:
+        sure = torch.stack([lg.softmax(dim=1).amax(dim=1) > tau for lg in specialist_logits])
+        m_s = m_s & sure.all(dim=0)
+        m_e = m_e & (m_g | m_s)
     return PseudoLabels(
         y_g=y_g,
         m_g=m_g,
         y_s=y_s,
-        m_s=ihed_consistent(decisions),
+        m_s=m_s,
         decisions=decisions,
         y_e=y_e,
         m_e=m_e,

@@ -112,7 +112,9 @@ class CGSTrainer:
         self.teacher.eval()
         with torch.no_grad():
             t_gen, t_spec = self._forward(self.teacher, weak)
-            pseudo = make_pseudo_labels(t_gen, t_spec, tau=opts.tau)
+            pseudo = make_pseudo_labels(
+                t_gen, t_spec, tau=opts.tau, confident_masks=opts.confident_masks
+            )
         fractions = pseudo.mask_fractions()
 
         strong = intensity_jitter(
