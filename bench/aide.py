@@ -894,20 +894,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def with_overrides(s: Any, args: argparse.Namespace) -> Any:
     """Experiment settings with the command line's AIDE/budget overrides applied."""
-    b = s.budget
-    if args.correction_start is not None:
-        b = dataclasses.replace(b, correction_start_fraction=args.correction_start)
-    if args.train_augment:
-        b = dataclasses.replace(b, train_augment=True)
-    if args.lr is not None:
-        b = dataclasses.replace(b, learning_rate=args.lr)
-    if args.consistency_weight is not None:
-        b = dataclasses.replace(b, consistency_weight=args.consistency_weight)
-    if args.correction_gate:
-        b = dataclasses.replace(b, correction_gate=True)
-    if args.filter_criterion is not None:
-        b = dataclasses.replace(b, filter_criterion=args.filter_criterion)
-    s = dataclasses.replace(s, budget=b)
+    given = {
+        "correction_start_fraction": args.correction_start,
+        "train_augment": args.train_augment or None,
+        "learning_rate": args.lr,
+        "consistency_weight": args.consistency_weight,
+        "correction_gate": args.correction_gate or None,
+        "filter_criterion": args.filter_criterion,
+    }
+    budget = dataclasses.replace(s.budget, **{k: v for k, v in given.items() if v is not None})
+    s = dataclasses.replace(s, budget=budget)
     if args.fg_patch_prob is not None and isinstance(s, BubilSettings):
         s = dataclasses.replace(s, foreground_patch_prob=args.fg_patch_prob)
     return s

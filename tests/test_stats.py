@@ -250,6 +250,8 @@ def test_a_low_stat_temperature_moves_the_mask_edge_not_every_voxel() -> None:
     assert float(soft[far].mean()) > 1e-3 * float(soft[edge].mean())
     with pytest.raises(ValueError, match="stat_temperature"):
         StatsOptions(stat_temperature=0.0).validate()
+    with pytest.raises(ValueError, match="grow_intensity_weight"):
+        StatsOptions(grow_intensity_weight=-1.0).validate()
 
 
 def test_the_same_physical_area_at_two_spacings_gives_the_same_loss() -> None:

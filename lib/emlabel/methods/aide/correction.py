@@ -98,13 +98,13 @@ def global_correction(
     fraction: float,
     keep_largest_component: bool = False,
     batch_size: int = 4,
-    predictions: torch.Tensor | None = None,
+    predictions: tuple[torch.Tensor, int] | None = None,
 ) -> list[Correction]:
     """Corrections proposed by ``net`` for the items ``images`` ``[N, C_in, *spatial]``.
 
     ``labels`` ``[N, *spatial]`` are the reference labels the items are ranked against;
     ``hq_mask`` ``[N]`` bool marks items that must never be relabeled; ``predictions``: the
-    net's :func:`predict_labels` output if already computed. Returns the corrections in
+    net's :func:`predict_labels` output (labels, C) if already computed. Returns the corrections in
     ranking order (lowest Dice first); ``labels`` is not modified.
     """
     n = images.shape[0]
@@ -113,12 +113,9 @@ def global_correction(
             f"images ({n}), labels ({labels.shape[0]}) and hq_mask {tuple(hq_mask.shape)} "
             "must describe the same items"
         )
-    if predictions is None:
-        preds, num_classes = predict_labels(
-            net, images, batch_size=batch_size, keep_largest_component=keep_largest_component
-        )
-    else:
-        preds, num_classes = predictions, _num_classes(net, images[:1])
+    preds, num_classes = predictions or predict_labels(
+        net, images, batch_size=batch_size, keep_largest_component=keep_largest_component
+    )
     scores = [label_dice(preds[i], labels[i], num_classes) for i in range(n)]
     ranking = sorted(range(n), key=lambda i: (scores[i], i))
     corrections: list[Correction] = []
@@ -127,17 +124,6 @@ def global_correction(
             continue
         corrections.append(Correction(index=i, dice_before=scores[i], new_label=preds[i].clone()))
     return corrections
-
-
-def _num_classes(net: torch.nn.Module, image: torch.Tensor) -> int:
-    """Output channels of ``net`` (one eval-mode forward pass of one image)."""
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            return int(net(image).shape[1])
-    finally:
-        net.train(was_training)
 
 
 def counterpart_confirms(

@@ -301,7 +301,7 @@ class AIDETrainer:
                 self.images,
                 batch_size=o.batch_size,
                 keep_largest_component=o.keep_largest_component,
-            )[0]
+            )
             for k, net in ((1, self.f1), (2, self.f2))
         }
         proposals = {
@@ -319,7 +319,7 @@ class AIDETrainer:
         written: list[LabelUpdate] = []
         for k, corrections in proposals.items():
             copy = self.labels1 if k == 1 else self.labels2
-            counterpart = preds[2 if k == 1 else 1]
+            counterpart = preds[2 if k == 1 else 1][0]
             for corr in corrections:
                 if bool(self.hq_mask[corr.index]):  # global_correction never proposes these
                     raise AssertionError(f"correction proposed for HQ item {corr.index}")

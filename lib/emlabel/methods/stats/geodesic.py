@@ -66,8 +66,13 @@ def geodesic_distance(
     if seeds.ndim != 2 or seeds.shape[0] == 0 or seeds.shape[1] != image.ndim:
         raise ValueError(f"seeds must be [n >= 1, {image.ndim}], got {tuple(seeds.shape)}")
     graph = grid_graph(image.astype(np.float64), spacing, intensity_weight)
-    flat = np.unique(np.ravel_multi_index(tuple(seeds.T), image.shape))
-    return dijkstra(graph, indices=flat, min_only=True).reshape(image.shape)
+    return _distance_on(graph, seeds, image.shape)
+
+
+def _distance_on(graph: sparse.csr_matrix, seeds: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Shortest path length on ``graph`` from the nearest of ``seeds`` to every voxel."""
+    flat = np.unique(np.ravel_multi_index(tuple(seeds.T), shape))
+    return dijkstra(graph, indices=flat, min_only=True).reshape(shape)
 
 
 def geodesic_area_labels(
@@ -82,12 +87,12 @@ def geodesic_area_labels(
     x = image[0].detach().cpu().numpy()
     labels = np.zeros(x.shape, dtype=np.int64)
     claimed = np.zeros(x.shape, dtype=bool)
-    grown = False
     growable = [st for st in targets.structures if st.area_mm is not None and st.clicks_in.shape[0]]
+    if not growable:
+        return None
+    graph = grid_graph(x.astype(np.float64), targets.spacing, intensity_weight)  # once per image
     for st in sorted(growable, key=lambda st: float(st.area_mm)):
-        distance = geodesic_distance(
-            x, st.clicks_in.long().numpy(), targets.spacing, intensity_weight=intensity_weight
-        )
+        distance = _distance_on(graph, st.clicks_in.long().numpy(), x.shape)
         if st.clicks_out.shape[0]:
             distance[tuple(st.clicks_out.long().numpy().T)] = np.inf
         distance[claimed] = np.inf
@@ -95,5 +100,4 @@ def geodesic_area_labels(
         take = np.argsort(distance, axis=None, kind="stable")[:n]
         labels.flat[take] = st.structure
         claimed.flat[take] = True
-        grown = True
-    return torch.from_numpy(labels) if grown else None
+    return torch.from_numpy(labels)

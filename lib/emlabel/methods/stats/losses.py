@@ -307,9 +307,10 @@ def stats_loss(
     stat_terms: list[torch.Tensor] = []
     ovl_terms: list[torch.Tensor] = []
     ent_terms: list[torch.Tensor] = []
-    labeled = torch.zeros(b, dtype=torch.bool)
-    if full_labels is not None:
-        labeled = torch.ones(b, dtype=torch.bool) if has_full is None else has_full.bool().cpu()
+    # images with a full label (DiceCE); has_full defaults to every image when labels are given
+    labeled = torch.full((b,), full_labels is not None, dtype=torch.bool, device=logits.device)
+    if full_labels is not None and has_full is not None:
+        labeled = has_full.bool().to(logits.device)
     for i, t in enumerate(targets):
         if bool(labeled[i]) and not o.weak_terms_on_labeled:
             continue  # a full label (human or grown) is this image's whole supervision
@@ -331,14 +332,8 @@ def stats_loss(
             ovl_terms.append(v)
 
     full = None
-    if full_labels is not None:
-        mask = (
-            torch.ones(b, dtype=torch.bool, device=logits.device)
-            if has_full is None
-            else has_full.bool().to(logits.device)
-        )
-        if bool(mask.any()):
-            full = full_label_loss(logits[mask], full_labels[mask])
+    if full_labels is not None and bool(labeled.any()):
+        full = full_label_loss(logits[labeled], full_labels[labeled])
 
     rec, stat, ovl = _mean(rec_terms), _mean(stat_terms), _mean(ovl_terms)
     ent = _mean(ent_terms)
