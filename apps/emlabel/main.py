@@ -6,7 +6,6 @@ from typing import Any
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 import emlabel
 from emlabel.monailabel import app as base
@@ -15,6 +14,7 @@ from emlabel.monailabel.cgs import CGSInfer, CGSTrainTask, IHEDScoring
 from emlabel.monailabel.em import EMTrainTask, VerifierScoring, VerifierStrategy
 from emlabel.monailabel.infer import SegmentationInfer
 from emlabel.monailabel.stats import StatsTrainTask
+from emlabel.monailabel.strategies import RandomStrategy
 from emlabel.monailabel.train import SegmentationTrainer
 
 
@@ -100,7 +100,7 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Any]:
         return {
-            "random": Random(),
+            "random": RandomStrategy(),
             "first": First(),
             "verifier": VerifierStrategy(settings=self.settings, model_dir=str(self.model_dir)),
         }

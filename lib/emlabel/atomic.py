@@ -1,7 +1,10 @@
 """Atomic file writes: write to a temporary name in the destination folder, then rename.
 
 A reader (or a crash) therefore sees either the old file or the complete new one, never a
-half-written file. The temporary name never matches the datastore's image patterns.
+half-written file. The temporary name never matches the datastore's image patterns, and it
+holds the writer's pid (``.<name>.tmp-<pid>-<random><suffix>``) so that a cleaner can
+remove the leftovers of a killed writer without touching a live one's
+(:func:`remove_dead_temp_files`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -16,6 +20,42 @@ from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".emlabel-tmp"
+# ".<dest name>.tmp-<pid>-<mkstemp's 8 random characters><suffixes>"
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[a-z0-9_]{8}(?:\.[^.]+)*$")
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}.tmp-{os.getpid()}-"
+
+
+def temp_file_pid(name: str) -> int | None:
+    """The writer's pid in a temporary file name made here, or None for any other name."""
+    match = _TEMP_NAME.match(name)
+    return int(match.group("pid")) if match else None
+
+
+def remove_dead_temp_files(
+    folder: str | os.PathLike[str], is_alive: Callable[[int], bool]
+) -> list[Path]:
+    """Delete the temporary files in ``folder`` whose writer pid is not alive; return them.
+
+    Files without a pid in their name (other programs', or older EMLabel versions') stay.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        pid = temp_file_pid(entry.name)
+        if pid is None or not entry.is_file(follow_symlinks=False) or is_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager
@@ -23,7 +63,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it onto ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=TEMP_SUFFIX, dir=dest.parent)
     os.close(fd)
     _default_mode(Path(tmp))
     tmp_path = Path(tmp)
@@ -65,7 +105,7 @@ def atomic_write_with(
     folder = Path(tmp_dir) if tmp_dir is not None else dest.parent
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=suffix, dir=folder)
     os.close(fd)
     _default_mode(Path(tmp))
     tmp_path = Path(tmp)

@@ -1,4 +1,4 @@
-"""``emlabel`` command line: demo data, label import, label history."""
+"""``emlabel`` command line: demo data, label import, label history, password hashes."""
 
 from __future__ import annotations
 
@@ -171,6 +171,24 @@ def cmd_serve_dicomweb(args: argparse.Namespace) -> int:
     return serve_dicomweb(options)
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print a pbkdf2_sha256 hash for the ``auth_users`` file (password from stdin or a prompt)."""
+    from emlabel.monailabel.auth import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            raise EMLabelError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise EMLabelError("the password is empty")
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emlabel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         "server_args", nargs=argparse.REMAINDER, help="after --: extra start_server arguments"
     )
     srv.set_defaults(func=cmd_serve_dicomweb)
+
+    pwd = sub.add_parser(
+        "hash-password",
+        help="print a password hash for the auth_users file (reads the password from stdin "
+        "or asks for it)",
+    )
+    pwd.set_defaults(func=cmd_hash_password)
     return parser
 
 

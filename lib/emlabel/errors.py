@@ -29,6 +29,12 @@ class InvalidRequestError(EMLabelError):
     status_code = 400
 
 
+class ConflictError(EMLabelError):
+    """A request that would destroy or contradict stored data (e.g. delete a labeled image)."""
+
+    status_code = 409
+
+
 class InvalidLabelError(EMLabelError):
     """A label file that cannot be stored: unreadable, mismatched or with bad values."""
 

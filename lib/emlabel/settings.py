@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,13 @@ MONAI_LABEL_KEYS: frozenset[str] = frozenset({"server_mode", "preload", "models"
 
 # The ``--conf`` key that names a JSON file of settings (``--conf`` values override it).
 CONFIG_FILE_KEY = "config"
+
+# Longest token lifetime (``auth_token_minutes``): 30 days.
+MAX_TOKEN_MINUTES = 30 * 24 * 60
+# Largest body cap (``max_upload_mb``): 1 TiB.
+MAX_UPLOAD_MB = 1 << 20
+# A browser origin: scheme, host and optional port, nothing else ("*" is not an origin).
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:[0-9]{1,5})?/?")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,6 +78,16 @@ class AppSettings:
     """Width of the last decoder feature shared by the CGS generalist and specialist heads."""
     bundles: tuple[str, ...] = ()
     """MONAI bundle folders to serve as extra infer tasks (named after the folder)."""
+    auth_users: str = ""
+    """Users file (JSON, or YAML with pyyaml) with password hashes and roles; empty = auth off."""
+    auth_secret_file: str = ""
+    """File holding the token signing secret; empty = ``<app_dir>/model/.auth-secret``."""
+    auth_token_minutes: int = 480
+    """Lifetime of a bearer token from ``POST /auth/token``, in minutes."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins (``scheme://host[:port]``) allowed to call the API with credentials."""
+    max_upload_mb: int = 1024
+    """Largest request body (MB); a larger request is answered 413 before it is read."""
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +121,9 @@ class AppSettings:
             "target_sensitivity": 0 < self.target_sensitivity <= 1,
             "cgs_channels": len(self.cgs_channels) == 5 and min(self.cgs_channels) > 0,
             "cgs_feature_channels": self.cgs_feature_channels > 0,
+            "auth_token_minutes": 1 <= self.auth_token_minutes <= MAX_TOKEN_MINUTES,
+            "cors_origins": all(_ORIGIN.fullmatch(o) for o in self.cors_origins),
+            "max_upload_mb": 1 <= self.max_upload_mb <= MAX_UPLOAD_MB,
         }
         for key, ok in checks.items():
             if not ok:
@@ -174,6 +195,11 @@ def _convert(key: str, raw: Any, hint: Any) -> Any:
             return tuple(_scalar(item, item_type) for item in items)
         if origin in (typing.Union, types.UnionType):
             raise TypeError("union settings are not supported")
+        if hint is str:
+            # A top-level text setting may be empty (e.g. auth_users: "" = auth off).
+            if not isinstance(raw, str):
+                raise TypeError(f"expected a string, got {type(raw).__name__}")
+            return raw.strip()
         return _scalar(raw, hint)
     except (TypeError, ValueError) as e:
         raise SettingsError(f"setting '{key}' has a bad value {raw!r}: {e}") from e

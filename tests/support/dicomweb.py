@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,13 +118,24 @@ def dicomweb_stack(studies: Path, workdir: Path) -> Iterator[DICOMwebStack]:
             )
 
 
-def train_sync(server: RunningServer, max_epochs: int) -> dict:
-    """``POST /train/segmentation?run_sync=true`` (trains in the server process)."""
+def train_sync(server: RunningServer, max_epochs: int, timeout: float = 600) -> dict:
+    """Train ``segmentation`` (in the background, as EMLabel requires); its train stats."""
     request = urllib.request.Request(
-        f"{server.url}/train/segmentation?run_sync=true",
+        f"{server.url}/train/segmentation",
         data=json.dumps({"max_epochs": max_epochs}).encode(),
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.loads(response.read())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        json.loads(response.read())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{server.url}/train/", timeout=60) as response:
+            status = json.loads(response.read())
+        if status.get("status") not in ("SUBMITTED", "RUNNING", "QUEUED"):
+            if status.get("status") != "DONE":
+                raise RuntimeError(f"training ended {status.get('status')}: {status}")
+            with urllib.request.urlopen(f"{server.url}/info/", timeout=60) as response:
+                return json.loads(response.read())["train_stats"]["segmentation"]
+        time.sleep(1)
+    raise RuntimeError(f"training did not finish in {timeout} s")

@@ -34,6 +34,18 @@ class StatisticEntry:
     clicks_outside: tuple[tuple[int, ...], ...] = ()
 
 
+ENTRY_FIELDS: tuple[str, ...] = (
+    "structure",
+    "statistic",
+    "value",
+    "clicks_inside",
+    "clicks_outside",
+)
+"""Keys of one statistic/clicks record (the body of ``PUT /emlabel/stats``)."""
+MAX_CLICKS = 10_000
+"""Most clicked voxels in one list (inside or outside): clicks are a few points, not a mask."""
+
+
 def parse_entry(
     raw: Mapping[str, Any],
     *,
@@ -41,42 +53,106 @@ def parse_entry(
     label_map: Mapping[str, int],
     image_shape: Sequence[int],
 ) -> StatisticEntry:
-    """Validate one statistic/clicks record; raises InvalidRequestError with the reason."""
+    """Validate one statistic/clicks record; raises InvalidRequestError with the reason.
+
+    Every field's type is checked before it is used (a list as ``structure`` is a 400,
+    not an unhashable-type 500): ``structure`` a known name, ``statistic`` a known name or
+    null, ``value`` a positive finite number (or a numeric string, as CSV cells are),
+    clicks lists of voxel indices. Unknown keys are refused (a typo would lose the data).
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidRequestError(f"a statistic record must be an object, not {_kind(raw)}")
+    unknown = sorted(str(k) for k in raw if k not in ENTRY_FIELDS)
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s) {unknown}; valid: {', '.join(ENTRY_FIELDS)}")
     structure = raw.get("structure")
+    if not isinstance(structure, str):
+        raise InvalidRequestError(
+            f"structure must be a string naming a structure, not {_kind(structure)}; "
+            f"valid: {', '.join(label_map)}"
+        )
     if structure not in label_map:
-        raise InvalidRequestError(f"unknown structure {structure!r}; valid: {', '.join(label_map)}")
+        raise InvalidRequestError(
+            f"unknown structure {_short(structure)}; valid: {', '.join(label_map)}"
+        )
     statistic, value = raw.get("statistic"), raw.get("value")
+    if statistic is not None and not isinstance(statistic, str):
+        raise InvalidRequestError(
+            f"statistic must be a string or null, not {_kind(statistic)}; "
+            f"valid: {', '.join(STATISTICS)}"
+        )
     ndim = len(image_shape)
     if statistic is not None or value is not None:
         if statistic not in STATISTICS:
             raise InvalidRequestError(
-                f"unknown statistic {statistic!r}; valid: {', '.join(STATISTICS)}"
+                f"unknown statistic {_short(statistic)}; valid: {', '.join(STATISTICS)}"
             )
         if STATISTICS[statistic] != ndim:
             raise InvalidRequestError(f"{statistic} does not apply to a {ndim}D image")
-        try:
-            value = float(value)
-        except (TypeError, ValueError) as e:
-            raise InvalidRequestError(f"value {value!r} is not a number") from e
+        value = _number(value)
         if not math.isfinite(value) or value <= 0:
             raise InvalidRequestError(f"value {value} must be a positive finite number")
-    inside = _clicks(raw.get("clicks_inside", ()), image_shape, "clicks_inside")
-    outside = _clicks(raw.get("clicks_outside", ()), image_shape, "clicks_outside")
+    inside = _clicks(raw.get("clicks_inside"), image_shape, "clicks_inside")
+    outside = _clicks(raw.get("clicks_outside"), image_shape, "clicks_outside")
     if statistic is None and not inside and not outside:
         raise InvalidRequestError("give a statistic and value, or clicks, or both")
     return StatisticEntry(image_id, structure, statistic, value, inside, outside)
 
 
+def _kind(value: Any) -> str:
+    """``a list ['liver']``: a value's JSON type and a short repr, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        kind = "a boolean"
+    elif isinstance(value, int | float):
+        kind = "a number"
+    elif isinstance(value, str):
+        kind = "a string"
+    elif isinstance(value, Mapping):
+        kind = "an object"
+    elif isinstance(value, list | tuple):
+        kind = "a list"
+    else:
+        kind = f"a {type(value).__name__}"
+    return f"{kind} {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a message must not echo a huge body)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: Any) -> float:
+    """A statistic's value as a float: a JSON number or a numeric string (CSV), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequestError(f"value {_short(value)} is not a number")
+    try:
+        return float(value)
+    except (OverflowError, ValueError) as e:
+        raise InvalidRequestError(f"value {_short(value)} is not a number") from e
+
+
 def _clicks(raw: Any, shape: Sequence[int], field: str) -> tuple[tuple[int, ...], ...]:
+    """Voxel indices inside the image: a list (or null) of lists of ``len(shape)`` ints."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise InvalidRequestError(
+            f"{field} must be a list of voxel indices like [[x, y, z]], not {_kind(raw)}"
+        )
+    if len(raw) > MAX_CLICKS:
+        raise InvalidRequestError(f"{field} has {len(raw)} clicks; at most {MAX_CLICKS}")
     points = []
-    for point in raw or ():
+    for point in raw:
         if (
             not isinstance(point, list | tuple)
             or len(point) != len(shape)
             or not all(isinstance(c, int) and not isinstance(c, bool) for c in point)
         ):
             raise InvalidRequestError(
-                f"{field}: {point!r} is not a voxel index of {len(shape)} integers"
+                f"{field}: {_short(point)} is not a voxel index of {len(shape)} integers"
             )
         if any(c < 0 or c >= n for c, n in zip(point, shape, strict=True)):
             raise InvalidRequestError(f"{field}: {list(point)} is outside the image {list(shape)}")

@@ -6,13 +6,39 @@ training time. EMLabel refuses such labels up front with the reason.
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import math
 import os
+import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from emlabel.errors import InvalidLabelError, InvalidRequestError
+
+LABEL_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd")
+"""Label file types :func:`validate_label_file` accepts (what the datastore can store)."""
+
+MAX_NIFTI_HEADER_BYTES = 16 * 2**20
+"""Largest header + extensions (``vox_offset``) of a NIfTI label. nibabel reads extensions
+eagerly, so a small gzip label could otherwise inflate them to gigabytes on ``nib.load``."""
+
+_CHUNK = 2**20
+_NRRD_ITEMSIZE: dict[str, int] = {
+    name: size
+    for size, names in {
+        1: "signed char|int8|int8_t|uchar|unsigned char|uint8|uint8_t",
+        2: "short|short int|signed short|signed short int|int16|int16_t|ushort|unsigned short"
+        "|unsigned short int|uint16|uint16_t",
+        4: "int|signed int|int32|int32_t|uint|unsigned int|uint32|uint32_t|float",
+        8: "longlong|long long|long long int|signed long long|signed long long int|int64"
+        "|int64_t|ulonglong|unsigned long long|unsigned long long int|uint64|uint64_t|double",
+    }.items()
+    for name in names.split("|")
+}
+"""Bytes per voxel of each NRRD ``type`` (the NRRD spec's names)."""
 
 
 def check_image_id(image_id: str) -> str:
@@ -45,7 +71,8 @@ class Geometry:
 def read_array(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     """Read an image/label file with MONAI's LoadImage (NIfTI, NRRD, ...): array + geometry.
 
-    A leading channel axis of size 1 is dropped. Raises InvalidLabelError when unreadable.
+    The array has the axes the file's header declares (no channel axis is added or
+    dropped). Raises InvalidLabelError when unreadable.
     """
     from monai.transforms import LoadImage  # heavy import; only when reading
 
@@ -108,7 +135,19 @@ def validate_label_file(
     num_classes: int,
     affine_tolerance: float,
 ) -> LabelReport:
-    """Read both files and run :func:`check_label`."""
+    """Check the label's header against the image, then read both and run :func:`check_label`.
+
+    The header check comes first and reads no voxel data, so a small compressed file whose
+    header claims a huge volume (a decompression bomb) is refused before it is inflated.
+    """
+    label_shape, nrrd_header = _label_header(label_path)
+    try:
+        image_header = header_shape(image_path)
+    except InvalidLabelError as e:
+        raise InvalidRequestError(f"the image itself cannot be read: {e.message}") from e
+    _check_header_shape(label_shape, image_header)
+    if nrrd_header is not None:
+        _check_nrrd_inflation(label_path, nrrd_header)
     label, label_geometry = read_array(label_path)
     try:
         _, image_geometry = read_array(image_path)
@@ -121,6 +160,133 @@ def validate_label_file(
         num_classes=num_classes,
         affine_tolerance=affine_tolerance,
     )
+
+
+def header_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Shape a (trusted) image file's header declares, the axes :func:`read_array` gives.
+
+    Header only for NIfTI (nibabel is lazy) and NRRD; other formats are read in full.
+    """
+    name = str(path)
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return tuple(int(n) for n in nib.load(name).shape)
+        if name.endswith(".nrrd"):
+            import nrrd
+
+            return tuple(int(n) for n in nrrd.read_header(name)["sizes"])
+    except Exception as e:  # unreadable header: same message as read_array
+        raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
+    return read_array(path)[1].shape
+
+
+def _label_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], dict[str, Any] | None]:
+    """Shape from a label file's header (and the NRRD header), reading no voxel data.
+
+    Stricter than :func:`header_shape` (a label is client input): only ``LABEL_SUFFIXES``,
+    NIfTI header + extensions at most ``MAX_NIFTI_HEADER_BYTES``, no detached NRRD data.
+    """
+    name = str(path)
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            return _nifti_header_shape(name), None
+        if name.endswith(".nrrd"):
+            import nrrd
+
+            header = nrrd.read_header(name)
+            if "data file" in header or "datafile" in header:
+                raise ValueError("a label must hold its data; detached 'data file' refused")
+            return tuple(int(n) for n in header["sizes"]), header
+        raise ValueError(f"label files must be {', '.join(LABEL_SUFFIXES)}")
+    except Exception as e:  # unreadable header: same message as read_array
+        raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
+
+
+def _nifti_header_shape(name: str) -> tuple[int, ...]:
+    """Shape from the fixed NIfTI-1/2 header alone (extensions and data are not read)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(name) as f:  # decompresses by suffix, as nib.load does
+        block = f.read(nib.Nifti2Header.template_dtype.itemsize)
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.template_dtype.itemsize
+        if klass.may_contain_header(block[:size]):
+            header = klass(block[:size])  # checked as nib.load checks it
+            break
+    else:
+        raise ValueError("no NIfTI-1 or NIfTI-2 header")
+    offset = float(header["vox_offset"])
+    if not offset <= MAX_NIFTI_HEADER_BYTES:
+        raise ValueError(
+            f"header and extensions take {offset:.0f} bytes (at most {MAX_NIFTI_HEADER_BYTES})"
+        )
+    return tuple(int(n) for n in header.get_data_shape())
+
+
+def _check_header_shape(label_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+    """Refuse a label whose header shape (less a singleton channel) or size is not the image's."""
+    shape = label_shape
+    if len(shape) == len(image_shape) + 1:
+        shape = shape[1:] if shape[0] == 1 else shape[:-1] if shape[-1] == 1 else shape
+    voxels, image_voxels = math.prod(label_shape), math.prod(image_shape)
+    if shape != image_shape or voxels > image_voxels:
+        more = (
+            f" (its header claims {voxels} voxels, the image has {image_voxels})"
+            if voxels > image_voxels
+            else ""
+        )
+        raise InvalidLabelError(
+            f"label shape {label_shape} does not match the image shape {image_shape}{more}"
+        )
+
+
+def _check_nrrd_inflation(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    """Refuse a compressed NRRD whose data inflates beyond what its header declares.
+
+    pynrrd inflates the whole stream before checking its size; this streams it with
+    bounded memory and stops at the first byte too many.
+    """
+    import nrrd
+
+    encoding = str(header.get("encoding", "raw")).lower()
+    if encoding not in ("gzip", "gz", "bzip2", "bz2"):
+        return  # raw, text, hex: never larger than the file
+    itemsize = _NRRD_ITEMSIZE.get(str(header.get("type", "")).lower(), 8)
+    budget = math.prod(int(n) for n in header["sizes"]) * itemsize
+    budget += max(int(header.get("byte skip", 0)), 0)
+    try:
+        with open(path, "rb") as fh:
+            nrrd.read_header(fh)
+            for _ in range(int(header.get("line skip", 0))):
+                fh.readline()
+            inflated = _inflated_size(fh, gzip=encoding in ("gzip", "gz"), limit=budget)
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
+    if inflated > budget:
+        raise InvalidLabelError(
+            f"{Path(path).name}: its compressed data inflates beyond the {budget} bytes "
+            "its header declares"
+        )
+
+
+def _inflated_size(fh: BinaryIO, *, gzip: bool, limit: int) -> int:
+    """Bytes the gzip/bzip2 stream in ``fh`` inflates to, counting stopped past ``limit``."""
+    total = 0
+    if gzip:
+        z = zlib.decompressobj(zlib.MAX_WBITS | 16)  # one gzip member, as pynrrd reads
+        while total <= limit and not z.eof and (data := z.unconsumed_tail or fh.read(_CHUNK)):
+            total += len(z.decompress(data, _CHUNK))
+        return total
+    b = bz2.BZ2Decompressor()
+    while total <= limit and not b.eof:
+        data = fh.read(_CHUNK) if b.needs_input else b""
+        if b.needs_input and not data:
+            break
+        total += len(b.decompress(data, _CHUNK))
+    return total
 
 
 def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:

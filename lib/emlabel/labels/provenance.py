@@ -62,6 +62,16 @@ class Provenance:
     """When it was stored (UTC)."""
     archived: bool = False
     """True when a newer label replaced it under its original tag; kept for history."""
+    run: str | None = None
+    """Id of the method run that wrote it (``<studies>/.emlabel-runs/<run>.json``), if any."""
+    pending: bool = False
+    """True until its run committed; pending versions are stored but never used or shown."""
+    deleted: bool = False
+    """True when a client deleted it: kept (nothing is lost), never used for training."""
+    deleted_by: str | None = None
+    """Who deleted it (the authenticated user, when auth is on)."""
+    deleted_at: str | None = None
+    """When it was deleted (UTC)."""
 
     def to_info(self) -> dict[str, Any]:
         """The JSON-able dict stored under ``INFO_KEY`` in the label info."""

@@ -35,6 +35,8 @@ def best_version(
     candidates = [
         v
         for v in versions
-        if not v.provenance.archived and (include_pseudo or v.kind != LabelKind.PSEUDO)
+        if not v.provenance.archived
+        and not v.provenance.deleted
+        and (include_pseudo or v.kind != LabelKind.PSEUDO)
     ]
     return max(candidates, key=rank, default=None)

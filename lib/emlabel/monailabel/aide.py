@@ -3,8 +3,10 @@
 Clean (HQ) items are images whose best label is a human ``final``; noisy (LQ) items are
 images whose best label is imported or machine-made, and images without any label get a
 pseudo-label from the current ``segmentation`` model (task standardization, semi-supervised).
-Everything is written only after training succeeded: first the model (atomically), then one
-new label version per global correction, then each image's network disagreement.
+Everything is written in one method run (:mod:`emlabel.monailabel.runs`) after training
+succeeded: the model (staged), one new label version per global correction (pending), each
+image's network disagreement (buffered); they become visible together when the run commits,
+and a failed or killed run leaves model, labels and image info as they were.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import torch
 from monai import transforms as mt
 from monai.inferers import SlidingWindowInferer
 
-from emlabel.checkpoints import load_checkpoint, model_ref, publish_checkpoint
+from emlabel.checkpoints import load_checkpoint, model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpdate, label_dice
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.monailabel.infer import segmentation_unet as _unet
+from emlabel.monailabel.runs import MethodRun
 from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
+from emlabel.nets.app import segmentation_unet as _unet
 from emlabel.nets.ensemble import PairedSoftmaxEnsemble, split_paired_output
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
@@ -116,29 +119,33 @@ class AIDETrainer3D(OptionsTrainTask):
             )  # fmt: skip
             self._write_stats("RUNNING", started, options, summary, history)
 
-        trainer.fit(on_epoch=on_epoch)
+        with datastore.begin_run("aide", stats_path=self.stats_path) as run:
+            trainer.fit(on_epoch=on_epoch)
 
-        ensemble = PairedSoftmaxEnsemble(trainer.f1, trainer.f2)
-        meta = {
-            "method": "aide",
-            "labels": list(settings.labels),
-            "settings": settings_to_dict(settings),
-            "aide_options": dataclasses.asdict(options),
-            "trained_at": now_iso(),
-            "data": summary,
-            "train_ids": ids,
-        }
-        checksum = publish_checkpoint(self.model_path, ensemble.state_dict(), meta)
-        model = f"{self.model_path.name}@sha256:{checksum[:16]}"
-        versions = self._write_corrections(datastore, data, idx, trainer.updates, parents, model)
-        disagreement = trainer.disagreement(trainer.images).tolist()
-        for image_id, value in zip(ids, disagreement, strict=True):
-            datastore.update_image_info(
-                image_id,
-                {IMAGE_INFO_KEY: {"disagreement": float(value), "model": model, "time": now_iso()}},
+            ensemble = PairedSoftmaxEnsemble(trainer.f1, trainer.f2)
+            meta = {
+                "method": "aide",
+                "labels": list(settings.labels),
+                "settings": settings_to_dict(settings),
+                "aide_options": dataclasses.asdict(options),
+                "trained_at": now_iso(),
+                "data": summary,
+                "train_ids": ids,
+            }
+            checksum = run.stage_checkpoint(self.model_path, ensemble.state_dict(), meta)
+            model = f"{self.model_path.name}@sha256:{checksum[:16]}"
+            versions = self._write_corrections(
+                run, datastore, data, idx, trainer.updates, parents, model
             )
-        summary["label_versions_written"] = versions
-        return self._write_stats("DONE", started, options, summary, history, checksum=checksum)
+            disagreement = trainer.disagreement(trainer.images).tolist()
+            for image_id, value in zip(ids, disagreement, strict=True):
+                info = {"disagreement": float(value), "model": model, "time": now_iso()}
+                run.update_image_info(image_id, {IMAGE_INFO_KEY: info})
+            summary["label_versions_written"] = versions
+            done = self._write_stats(
+                "DONE", started, options, summary, history, checksum=checksum, run=run
+            )
+        return done
 
     def _training_set(
         self, datastore: VersionedDatastore
@@ -180,6 +187,7 @@ class AIDETrainer3D(OptionsTrainTask):
 
     def _write_corrections(
         self,
+        run: MethodRun,
         datastore: VersionedDatastore,
         data: LoadedSet,
         idx: list[int],
@@ -187,7 +195,7 @@ class AIDETrainer3D(OptionsTrainTask):
         parents: dict[str, str | None],
         model: str,
     ) -> int:
-        """One new label version per global correction, in order, chained by parent."""
+        """One new (pending) label version per global correction, in order, chained by parent."""
         last_tag = {(k, data.ids[i]): parents[data.ids[i]] for i in idx for k in (1, 2)}
         written = 0
         with tempfile.TemporaryDirectory(prefix="emlabel-aide-") as tmp:
@@ -201,7 +209,7 @@ class AIDETrainer3D(OptionsTrainTask):
                 path = Path(tmp) / f"{n}.nii.gz"
                 nib.save(nib.Nifti1Image(array, image.affine), path)
                 parent = last_tag[(update.network, image_id)]
-                version = datastore.add_version(
+                version = run.add_version(
                     image_id,
                     str(path),
                     Provenance(
@@ -235,6 +243,7 @@ class AIDETrainer3D(OptionsTrainTask):
         history: list[dict[str, Any]],
         *,
         checksum: str | None = None,
+        run: MethodRun | None = None,
     ) -> dict[str, Any]:
         last = history[-1] if history else {}
         stats = {
@@ -252,7 +261,7 @@ class AIDETrainer3D(OptionsTrainTask):
             "model_sha256": checksum,
             "history": history,
         }
-        return self.write_stats(stats)
+        return self.write_stats(stats, run=run)
 
 
 class SplitPairedd(mt.MapTransform):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +68,22 @@ class EMLabelAppBase(MONAILabelApp):
 
             self.studies = self.studies.rstrip("/").strip()
             try:
-                return dicomweb_datastore(self.studies, settings=self.settings)
+                datastore = dicomweb_datastore(self.studies, settings=self.settings)
             except EMLabelError as e:
                 raise SystemExit(f"EMLabel: DICOMweb datastore: {e.message}") from e
-        return VersionedDatastore(
-            self.studies,
-            settings=self.settings,
-            extensions=tuple(ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT),
-            auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-            read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
-        )
+        else:
+            datastore = VersionedDatastore(
+                self.studies,
+                settings=self.settings,
+                extensions=tuple(ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT),
+                auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            )
+        # Every process that builds the app (the server, each training / scoring process)
+        # finishes what dead processes left: runs aborted or rolled forward, temp files.
+        if not ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY:
+            datastore.recover_runs(model_dirs=(self.model_dir,))
+        return datastore
 
     # ------------------------------------------------------------- bundles
     def bundle_infers(self, taken: set[str]) -> dict[str, Any]:
@@ -160,7 +166,11 @@ class EMLabelAppBase(MONAILabelApp):
             raise NotFoundError(f"unknown {kind} '{name}'; valid choices: {valid}")
 
     def resolve_image(self, image: Any) -> None:
-        """Accept a datastore image id, or a file the server itself staged (upload/session)."""
+        """Accept a datastore image id, or a file path inside the studies folder (400 else).
+
+        Any other absolute path is refused without looking at it, so the answer never
+        tells a client whether a file exists elsewhere on the server.
+        """
         if not isinstance(image, str):
             return
         datastore = self.datastore()
@@ -169,10 +179,8 @@ class EMLabelAppBase(MONAILabelApp):
             return
         if os.path.isabs(image):
             real = Path(os.path.realpath(image))
-            allowed = [Path(os.path.realpath(tempfile.gettempdir()))]
-            if not self.studies.startswith(("http://", "https://")):
-                allowed.append(Path(os.path.realpath(self.studies)))
-            if not any(real.is_relative_to(root) for root in allowed):
+            remote = self.studies.startswith(("http://", "https://"))
+            if remote or not real.is_relative_to(Path(os.path.realpath(self.studies))):
                 raise InvalidRequestError(
                     f"image path {image!r} is outside the studies folder; give an image id"
                 )
@@ -191,10 +199,27 @@ class EMLabelAppBase(MONAILabelApp):
 
     # ------------------------------------------------------ entry points
     @http_errors
-    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+    def infer(
+        self,
+        request: dict[str, Any],
+        datastore: Any = None,
+        *,
+        user: str | None = None,
+        trusted_image: bool = False,
+    ) -> dict[str, Any]:
+        """Run an infer task; ``save_label`` stores the output as a machine version.
+
+        Stock MONAI Label saves infer output under the requested ``label_tag`` (even
+        ``final``, i.e. as a human label); EMLabel always stores it as a new pseudo-label
+        version naming the model. ``trusted_image``: the path is a file the server itself
+        staged (an upload or a session), not a client's path.
+        """
+        request = dict(request)
         model = request.get("model")
         self.check_name("model", model, self._infers)
-        self.resolve_image(request.get("image"))
+        check_logging_level(request.get("logging"))
+        if not trusted_image:
+            self.resolve_image(request.get("image"))
         task = self._infers[model]
         is_trained = getattr(task, "is_trained", None)
         if is_trained is not None and not is_trained():
@@ -203,9 +228,54 @@ class EMLabelAppBase(MONAILabelApp):
                 detail=f"model '{model}' has not been trained yet; start training with "
                 f"POST /train/{model} (Slicer/OHIF: 'Train' / 'Update Model')",
             )
+        save = str(request.pop("save_label", False)).strip().lower() in ("true", "1")
+        requested_tag = request.pop("label_tag", None)
+        request["save_label"] = False
         result = super().infer(request, datastore)
-        self._store_image_info(request.get("image"), result)
+        image = request.get("image")
+        self._store_image_info(image, result)
+        if save:
+            version = self.store_infer_output(
+                image, result, model=model, requested_tag=requested_tag, user=user
+            )
+            if version is not None:
+                result["tag"] = version.tag
         return result
+
+    def store_infer_output(
+        self,
+        image: Any,
+        result: dict[str, Any],
+        *,
+        model: str,
+        requested_tag: Any,
+        user: str | None,
+    ) -> Any:
+        """Keep an infer result of a datastore image as a pseudo-label version."""
+        from emlabel.checkpoints import model_ref
+        from emlabel.labels import LabelKind, Provenance
+
+        datastore = self.datastore()
+        file = result.get("file")
+        if not isinstance(datastore, VersionedDatastore) or not isinstance(image, str):
+            return None
+        if os.path.isabs(image) or not file or not os.path.exists(file):
+            return None
+        path = self._infers[model].get_path(validate=False)
+        source = re.sub(r"[^A-Za-z0-9_]", "_", model)
+        provenance = Provenance(
+            kind=LabelKind.PSEUDO,
+            source=source,
+            version=0,
+            model=model_ref(path) if path and str(path).endswith(".pt") else model,
+            user=user,
+            reason=(
+                f"output of infer task '{model}' saved by a client"
+                + (f" (asked for tag {requested_tag!r}; machine output is never a human label)"
+                   if requested_tag not in (None, "", "original") else "")
+            ),
+        )  # fmt: skip
+        return datastore.add_version(image, file, provenance)
 
     def _store_image_info(self, image: Any, result: dict[str, Any]) -> None:
         """Keep what an infer task reported about a datastore image (e.g. disagreement)."""
@@ -251,9 +321,22 @@ class EMLabelAppBase(MONAILabelApp):
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
+        from emlabel.monailabel.gate import install_gate
         from emlabel.monailabel.routes import install_request_guards
 
         install_request_guards()
+        install_gate(self)  # CORS, body cap, tokens and roles; refuses 0.0.0.0 without auth
+
+
+LOGGING_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL"})
+
+
+def check_logging_level(level: Any) -> None:
+    """400 for a ``logging`` request option that is not a Python logging level name."""
+    if level is not None and str(level).upper() not in LOGGING_LEVELS:
+        raise InvalidRequestError(
+            f"logging level {level!r} is not valid; use one of {', '.join(sorted(LOGGING_LEVELS))}"
+        )
 
 
 def as_http(error: EMLabelError) -> HTTPException:

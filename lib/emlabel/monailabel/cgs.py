@@ -17,13 +17,14 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from emlabel.checkpoints import model_ref, publish_checkpoint
+from emlabel.checkpoints import load_payload, model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.cgs import CGSOptions, CGSTrainer, head_decisions, ihed_consistent
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
-from emlabel.nets.cgs import CGSNet, build_cgs_net, build_plain_unet
+from emlabel.nets.app import cgs_network, cgs_serving_network
+from emlabel.nets.cgs import CGSNet
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import load_items
 
@@ -32,25 +33,6 @@ logger = logging.getLogger(__name__)
 FULL_MODEL_KEY = "full_teacher"
 IHED_INFO_KEY = "emlabel.ihed"
 MULTIPLE_OF = 16  # five-level U-Net
-
-
-def cgs_network(settings: AppSettings) -> CGSNet:
-    return build_cgs_net(
-        spatial_dims=3,
-        num_classes=settings.num_classes,
-        channels=settings.cgs_channels,
-        feature_channels=settings.cgs_feature_channels,
-    )
-
-
-def cgs_serving_network(settings: AppSettings) -> torch.nn.Module:
-    """The generalist-only U-Net infer ``cgs`` serves (a plain MONAI BasicUNet)."""
-    return build_plain_unet(
-        spatial_dims=3,
-        num_classes=settings.num_classes,
-        channels=settings.cgs_channels,
-        feature_channels=settings.cgs_feature_channels,
-    )
 
 
 class CGSTrainTask(OptionsTrainTask):
@@ -105,23 +87,27 @@ class CGSTrainTask(OptionsTrainTask):
                 )  # fmt: skip
                 self.write_stats(self._stats("RUNNING", started, options, history, n, data))
 
-        trainer.fit(data.images[:n], data.labels[:n], data.images[n:], on_step=on_step)
-        serving = trainer.serving_model()
-        meta = {
-            "method": "cgs",
-            "labels": list(self._settings.labels),
-            "settings": settings_to_dict(self._settings),
-            "cgs_options": dataclasses.asdict(options),
-            "trained_at": now_iso(),
-            "labeled_ids": data.ids[:n],
-            "unlabeled_ids": data.ids[n:],
-        }
-        path = self.model_path
-        payload_extra = {FULL_MODEL_KEY: trainer.teacher.state_dict()}
-        checksum = publish_checkpoint(path, serving.state_dict(), meta, extra=payload_extra)
-        return self.write_stats(
-            self._stats("DONE", started, options, history, n, data, checksum=checksum)
-        )
+        with datastore.begin_run("cgs", stats_path=self.stats_path) as run:
+            trainer.fit(data.images[:n], data.labels[:n], data.images[n:], on_step=on_step)
+            serving = trainer.serving_model()
+            meta = {
+                "method": "cgs",
+                "labels": list(self._settings.labels),
+                "settings": settings_to_dict(self._settings),
+                "cgs_options": dataclasses.asdict(options),
+                "trained_at": now_iso(),
+                "labeled_ids": data.ids[:n],
+                "unlabeled_ids": data.ids[n:],
+            }
+            payload_extra = {FULL_MODEL_KEY: trainer.teacher.state_dict()}
+            checksum = run.stage_checkpoint(
+                self.model_path, serving.state_dict(), meta, extra=payload_extra
+            )
+            done = self.write_stats(
+                self._stats("DONE", started, options, history, n, data, checksum=checksum),
+                run=run,
+            )
+        return done
 
     def _stats(
         self,
@@ -192,7 +178,7 @@ class IHEDScoring(ScoringMethod):
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         if not self.model_path.exists():
             raise InvalidRequestError("ihed needs a trained cgs model; train 'cgs' first")
-        payload = torch.load(self.model_path, map_location="cpu", weights_only=False)
+        payload = load_payload(self.model_path)
         net = cgs_network(self._settings)
         net.load_state_dict(payload[FULL_MODEL_KEY])
         heads = _AllHeads(net).eval()

@@ -8,7 +8,10 @@ Slicer and the stock endpoints keep working. On top of that:
 - every version carries :class:`~emlabel.labels.Provenance` under ``info["emlabel"]``;
 - uploaded labels are validated against their image and the app's label map;
 - files and the JSON index are written atomically (temp file + rename), file first: a
-  crash can leave at most an orphan version tag without provenance, which is ignored.
+  crash can leave at most an orphan version tag without provenance, which is ignored;
+- a trainer writes through a method run (:meth:`VersionedDatastore.begin_run`,
+  :mod:`emlabel.monailabel.runs`): its versions stay ``pending`` (stored, never used nor
+  listed) until the run commits its models, versions and image info as one unit.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from monailabel.datastore.local import (
     LocalDatastoreModel,
 )
 
-from emlabel.atomic import atomic_copy, atomic_write_with
+from emlabel.atomic import atomic_copy, atomic_write_json, atomic_write_with
 from emlabel.data.validation import check_image_id, validate_label_file
-from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
+from emlabel.errors import ConflictError, EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.labels import (
     LabelKind,
     LabelVersion,
@@ -37,14 +40,16 @@ from emlabel.labels import (
     best_version,
     machine_tag,
 )
-from emlabel.labels.provenance import INFO_KEY
+from emlabel.labels.provenance import INFO_KEY, now_iso
 from emlabel.labels.versions import FINAL_TAG, default_kind, is_valid_client_tag, is_version_tag
 from emlabel.monailabel.http import http_errors
+from emlabel.monailabel.runs import RUNS_DIR_NAME, MethodRun, RecoveryReport, recover_runs
 from emlabel.settings import AppSettings
 
 logger = logging.getLogger(__name__)
 
 TMP_DIR_NAME = ".emlabel-tmp"
+DELETED_DIR_NAME = ".emlabel-deleted"
 
 
 class VersionedDatastore(LocalDatastore):
@@ -79,7 +84,10 @@ class VersionedDatastore(LocalDatastore):
         self._init_from_datastore_file()
         return self._versions_loaded(image_id)
 
-    def _versions_loaded(self, image_id: str) -> list[LabelVersion]:
+    def _versions_loaded(
+        self, image_id: str, *, include_pending: bool = False
+    ) -> list[LabelVersion]:
+        """Versions in the loaded index; pending ones (of an uncommitted run) left out."""
         obj = self._datastore.objects.get(image_id)
         if obj is None:
             return []
@@ -91,6 +99,8 @@ class VersionedDatastore(LocalDatastore):
                     logger.warning("ignoring %s/%s: version tag without provenance", tag, image_id)
                     continue
                 provenance = Provenance(kind=default_kind(tag), source="unknown", version=0)
+            if provenance.pending and not include_pending:
+                continue
             found.append(LabelVersion(image_id=image_id, tag=tag, provenance=provenance))
         return sorted(found, key=lambda v: v.version)
 
@@ -118,8 +128,12 @@ class VersionedDatastore(LocalDatastore):
         return items
 
     def _next_version_loaded(self, image_id: str) -> int:
-        """Version number for the next label stored for this image (index already loaded)."""
-        return max((v.version for v in self._versions_loaded(image_id)), default=0) + 1
+        """Version number for the next label stored for this image (index already loaded).
+
+        Pending versions count: their numbers and tags stay taken even if their run aborted.
+        """
+        versions = self._versions_loaded(image_id, include_pending=True)
+        return max((v.version for v in versions), default=0) + 1
 
     # ----------------------------------------------------------------- writes
     def store_label(
@@ -210,20 +224,31 @@ class VersionedDatastore(LocalDatastore):
         )
         return LabelVersion(image_id=image_id, tag=tag, provenance=provenance)
 
-    def _archive(self, image_id: str, tag: str, old: DataModel) -> None:
-        """Keep the label currently under ``tag`` as ``<tag>-vNNN`` before it is replaced."""
+    def _archive(
+        self, image_id: str, tag: str, old: DataModel, *, move: bool = False, **marks: Any
+    ) -> str:
+        """Keep the label currently under ``tag`` as ``<tag>-vNNN``; returns that tag.
+
+        ``move`` renames the file (a delete) instead of copying it (a replacement);
+        ``marks`` are extra provenance fields (the delete's who and when).
+        """
         old_provenance = Provenance.from_info(old.info) or Provenance(
             kind=default_kind(tag), source="unknown", version=0
         )
         keep_tag = archive_tag(tag, old_provenance.version)
         src = Path(self._datastore.label_path(tag)) / self._filename(image_id, old.ext)
         dest = Path(self._datastore.label_path(keep_tag)) / self._filename(image_id, old.ext)
-        atomic_copy(src, dest)
+        if move:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        else:
+            atomic_copy(src, dest)
         info = dict(old.info)
-        info[INFO_KEY] = old_provenance.replace(archived=True).to_info()
+        info[INFO_KEY] = old_provenance.replace(archived=True, **marks).to_info()
         info["name"] = dest.name
         self._datastore.objects[image_id].labels[keep_tag] = DataModel(info=info, ext=old.ext)
         self._update_datastore_file(lock=False)
+        return keep_tag
 
     def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
         with FileLock(self._lock_file):
@@ -314,11 +339,11 @@ class VersionedDatastore(LocalDatastore):
     # reloads it if it changed (one stat call), so the server never serves a stale view.
     def json(self) -> dict[str, Any]:
         self._init_from_datastore_file()
-        return super().json()
+        return _without_pending(super().json())
 
     def status(self) -> dict[str, Any]:
         self._init_from_datastore_file()
-        return super().status()
+        return self._status_without_pending(super().status())
 
     def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
         self._init_from_datastore_file()
@@ -338,7 +363,90 @@ class VersionedDatastore(LocalDatastore):
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         self._init_from_datastore_file()
+        if label_tag in self._pending_tags_loaded(label_id):
+            return ""  # not visible before its run committed
         return super().get_label_uri(label_id, label_tag)
+
+    # ======================================================================
+    # Method runs (emlabel.monailabel.runs): a trainer's model files, label versions and
+    # image info become visible together at commit; recovery after a crash.
+    # ======================================================================
+    @property
+    def runs_dir(self) -> Path:
+        """``<studies>/.emlabel-runs``: one journal per method run."""
+        return Path(self._datastore_path) / RUNS_DIR_NAME
+
+    def begin_run(self, method: str, *, stats_path: Path | None = None) -> MethodRun:
+        """Start a run of ``method`` (use as a context manager: commit on success)."""
+        return MethodRun.begin(self, method, stats_path=stats_path)
+
+    def recover_runs(
+        self, *, model_dirs: tuple[str | os.PathLike[str], ...] = ()
+    ) -> RecoveryReport:
+        """Abort / roll forward the runs of dead processes; remove dead writers' temp files.
+
+        ``model_dirs``: folders whose ``*.train_stats.json`` and temp files are checked too.
+        """
+        labels_dir = Path(self._datastore.label_path(None))
+        temp_dirs = [self._tmp_dir, Path(self._datastore_path)]
+        if labels_dir.is_dir():
+            temp_dirs += [p for p in labels_dir.iterdir() if p.is_dir()]
+        report = recover_runs(self, model_dirs=model_dirs, temp_dirs=temp_dirs)
+        if report.aborted or report.rolled_forward or report.stats_aborted:
+            logger.warning(
+                "recovered runs: aborted %s, rolled forward %s, stats marked aborted %s",
+                report.aborted, report.rolled_forward, report.stats_aborted,
+            )  # fmt: skip
+        return report
+
+    def _store_pending_version(
+        self, image_id: str, label_file: str, provenance: Provenance
+    ) -> LabelVersion:
+        """A run's machine label: stored under a fresh tag, ``pending`` until the commit."""
+        self.require_image(image_id)
+        return self._store(image_id, label_file, None, provenance, {})
+
+    def _commit_run_index(self, run_id: str, updates: list[tuple[str, dict[str, Any]]]) -> int:
+        """One index rewrite: clear ``pending`` on the run's versions, apply its image info."""
+        cleared = 0
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            for obj in self._datastore.objects.values():
+                for model in obj.labels.values():
+                    data = model.info.get(INFO_KEY)
+                    if isinstance(data, dict) and data.get("run") == run_id and data.get("pending"):
+                        model.info[INFO_KEY] = data | {"pending": False}
+                        cleared += 1
+            for image_id, info in updates:
+                obj = self._datastore.objects.get(image_id)
+                if obj is None:
+                    logger.warning(
+                        "run %s: image %s is gone; its info is dropped", run_id, image_id
+                    )
+                    continue
+                obj.image.info.update(info)
+            self._update_datastore_file(lock=False)
+        return cleared
+
+    def _pending_tags_loaded(self, image_id: str) -> set[str]:
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return set()
+        return {tag for tag, model in obj.labels.items() if _is_pending(model.info)}
+
+    def get_labels_by_image_id(self, image_id: str) -> dict[str, str]:
+        self._init_from_datastore_file()
+        pending = self._pending_tags_loaded(image_id)
+        labels = super().get_labels_by_image_id(image_id)
+        return {tag: i for tag, i in labels.items() if tag not in pending}
+
+    def _status_without_pending(self, status: dict[str, Any]) -> dict[str, Any]:
+        tags: dict[str, int] = {}
+        for obj in self._datastore.objects.values():
+            for tag, model in obj.labels.items():
+                if not _is_pending(model.info):
+                    tags[tag] = tags.get(tag, 0) + 1
+        return status | {"label_tags": tags}
 
     # ------------------------------------------- stock API, with clear errors
     @http_errors
@@ -384,6 +492,68 @@ class VersionedDatastore(LocalDatastore):
             self._datastore.objects[label_id].labels[label_tag].info.update(info)
             self._update_datastore_file(lock=False)
 
+    # --------------------------------------------- deletes archive, never destroy
+    @http_errors
+    def remove_label(self, label_id: str, label_tag: str, *, user: str | None = None) -> None:
+        """``DELETE /datastore/label``: keep the label as a version marked deleted.
+
+        A client tag (``final``, ``noisy``) moves to ``<tag>-vNNN`` (archived + deleted, so
+        the image loses that label); a version tag is marked deleted where it is. The
+        resolver never trains on a deleted version; its file and provenance stay.
+        """
+        self.require_image(label_id)
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects[label_id]
+            model = obj.labels.get(label_tag)
+            if model is None:
+                raise NotFoundError(f"image '{label_id}' has no label tagged '{label_tag}'")
+            marks = {"deleted": True, "deleted_by": user, "deleted_at": now_iso()}
+            if is_version_tag(label_tag):
+                provenance = Provenance.from_info(model.info) or Provenance(
+                    kind=default_kind(label_tag), source="unknown", version=0
+                )
+                model.info[INFO_KEY] = provenance.replace(**marks).to_info()
+                self._update_datastore_file(lock=False)
+                kept = label_tag
+            else:
+                kept = self._archive(label_id, label_tag, model, move=True, **marks)
+                del obj.labels[label_tag]
+                self._update_datastore_file(lock=False)
+        logger.info("label %s/%s deleted by %s: kept as %s", label_tag, label_id, user, kept)
+
+    @http_errors
+    def remove_image(self, image_id: str, *, user: str | None = None) -> None:
+        """``DELETE /datastore/image``: refused while the image has any label version.
+
+        An image without labels leaves the datastore but its file and index entry are kept
+        in ``.emlabel-deleted/`` with who and when (nothing is lost).
+        """
+        self.require_image(image_id)
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects[image_id]
+            if obj.labels:
+                raise ConflictError(
+                    f"image '{image_id}' has {len(obj.labels)} label version(s) "
+                    f"({', '.join(sorted(obj.labels))}); images with labels are never deleted"
+                )
+            src = Path(self._datastore.image_path()) / self._filename(image_id, obj.image.ext)
+            stamp = now_iso().replace(":", "")
+            keep = Path(self._datastore_path) / DELETED_DIR_NAME / f"{image_id}-{stamp}"
+            keep.mkdir(parents=True, exist_ok=True)
+            record = {
+                "image": image_id,
+                "deleted_by": user,
+                "deleted_at": now_iso(),
+                "entry": obj.model_dump(),
+            }
+            atomic_write_json(record, keep / "record.json")
+            os.replace(src, keep / src.name)
+            del self._datastore.objects[image_id]
+            self._update_datastore_file(lock=False)
+        logger.info("image %s deleted by %s: kept in %s", image_id, user, keep)
+
     @http_errors
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """``PUT /datastore/image``: only readable images, never over an existing one."""
@@ -408,6 +578,20 @@ class VersionedDatastore(LocalDatastore):
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
             self._update_datastore_file(lock=False)
         return image_id
+
+
+def _is_pending(info: dict[str, Any]) -> bool:
+    data = info.get(INFO_KEY)
+    return isinstance(data, dict) and bool(data.get("pending"))
+
+
+def _without_pending(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``json()`` dump without the labels of uncommitted runs."""
+    for obj in data.get("objects", {}).values():
+        labels = obj.get("labels") or {}
+        for tag in [t for t, label in labels.items() if _is_pending(label.get("info") or {})]:
+            del labels[tag]
+    return data
 
 
 def _copy(src: str, dest: Path) -> None:

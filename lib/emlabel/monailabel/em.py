@@ -25,15 +25,15 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from emlabel.atomic import atomic_write_json
-from emlabel.checkpoints import load_checkpoint, model_ref, publish_checkpoint
+from emlabel.checkpoints import load_checkpoint, model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.em import Decision, EMOptions, decide
 from emlabel.metrics import dice
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.monailabel.infer import segmentation_unet
 from emlabel.monailabel.tasks import OptionsTrainTask
+from emlabel.nets.app import segmentation_unet
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 from emlabel.training.supervised import split_items, train_supervised
@@ -322,8 +322,10 @@ def operating_point(records: list[dict[str, Any]], target: float) -> dict[str, A
 class EMTrainTask(OptionsTrainTask):
     """Trainer ``em``: E-step (verify, correct, route) then M-step (retrain), per iteration.
 
-    Writes happen only after the last M-step succeeded: the segmentation model, then the
-    corrections as label versions, then each image's verifier info and the EM state.
+    Writes happen only after the last M-step succeeded, in one method run
+    (:mod:`emlabel.monailabel.runs`): the segmentation model, the corrections as label
+    versions, each image's verifier info, the ROC and the EM state become visible together
+    when the run commits; a failed or killed run leaves all of them as they were.
     """
 
     REQUEST_KEYS: tuple[str, ...] = (
@@ -366,7 +368,10 @@ class EMTrainTask(OptionsTrainTask):
             else options.review_threshold
         )
         truth = DemoTruth.find(Path(datastore._datastore_path))
-        with tempfile.TemporaryDirectory(prefix="emlabel-em-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="emlabel-em-") as tmp,
+            datastore.begin_run("em", stats_path=self.stats_path) as method_run,
+        ):
             workdir = Path(tmp)
             overlay: dict[str, str] = {}
             corrections: list[tuple[str, str, Provenance]] = []
@@ -394,8 +399,8 @@ class EMTrainTask(OptionsTrainTask):
                 self.write_stats(
                     self._stats("RUNNING", started, options, iterations, review_threshold, roc)
                 )
-            # ---- commit: model, versions, image info, state (only now that all succeeded)
-            checksum = publish_checkpoint(
+            # ---- commit: model, versions, image info, state, all visible at once
+            checksum = method_run.stage_checkpoint(
                 self.segmentation_model_path,
                 state,
                 {
@@ -410,18 +415,25 @@ class EMTrainTask(OptionsTrainTask):
             model = f"{self.segmentation_model_path.name}@sha256:{checksum[:16]}"
             written = {}
             for image_id, path, provenance in corrections:
-                version = datastore.add_version(image_id, path, provenance.replace(model=model))
+                version = method_run.add_version(image_id, path, provenance.replace(model=model))
                 written[image_id] = version.tag
-        last = first + options.iterations - 1
-        self._write_verifier_info(datastore, run, decisions, written, last, model)
-        if roc is not None:
-            save_roc(roc["curve"], roc["point"], self.files.roc_json, self.files.roc_png)
-        atomic_write_json({"iteration": last, "time": now_iso()}, self.files.state)
-        return self.write_stats(
-            self._stats(
-                "DONE", started, options, iterations, review_threshold, roc, checksum=checksum
+            last = first + options.iterations - 1
+            self._write_verifier_info(method_run, run, decisions, written, last, model)
+            if roc is not None:
+                save_roc(
+                    roc["curve"],
+                    roc["point"],
+                    method_run.stage_path(self.files.roc_json),
+                    method_run.stage_path(self.files.roc_png),
+                )
+            method_run.stage_json(self.files.state, {"iteration": last, "time": now_iso()})
+            done = self.write_stats(
+                self._stats(
+                    "DONE", started, options, iterations, review_threshold, roc, checksum=checksum
+                ),
+                run=method_run,
             )
-        )
+        return done
 
     # -- steps ------------------------------------------------------------------------
     def _initial_model(
@@ -530,7 +542,8 @@ class EMTrainTask(OptionsTrainTask):
         nib.save(nib.Nifti1Image(array, nib.load(image_path).affine), path)
         return {"id": image_id, "image": image_path, "label": str(path)}
 
-    def _write_verifier_info(self, datastore, run, decisions, written, iteration, model) -> None:
+    def _write_verifier_info(self, writer, run, decisions, written, iteration, model) -> None:
+        """Each judged image's verifier info, through ``writer`` (the run: at its commit)."""
         if run is None:
             return
         actions = {d.image_id: d for d in decisions}
@@ -541,7 +554,7 @@ class EMTrainTask(OptionsTrainTask):
             info["decision_reason"] = actions[image_id].reason
             if image_id in written:
                 info["corrected_to"] = written[image_id]
-            datastore.update_image_info(image_id, {VERIFIER_INFO_KEY: info})
+            writer.update_image_info(image_id, {VERIFIER_INFO_KEY: info})
 
     def _stats(self, state, started, options, iterations, review_threshold, roc, *, checksum=None):
         point = roc["point"] if roc else None

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 from emlabel.monailabel.tasks import VolumeInferTask
-from emlabel.nets import build_unet
+from emlabel.nets.app import segmentation_unet
 from emlabel.settings import AppSettings
-
-
-def segmentation_unet(settings: AppSettings):
-    """The UNet of the ``segmentation`` model (and of each AIDE network)."""
-    return build_unet(
-        spatial_dims=3,
-        out_channels=settings.num_classes,
-        channels=settings.network_channels,
-        num_res_units=settings.num_res_units,
-    )
 
 
 class SegmentationInfer(VolumeInferTask):

@@ -4,7 +4,8 @@ Every image with a statistic or clicks (image info ``emlabel.stats``) is trained
 summary-statistics loss; images with a usable label are trained with DiceCE alongside.
 After training succeeded, the model is published and its prediction for every image with
 statistics/clicks (and no human label) becomes a new ``weak`` label version, which the
-verifier, the EM loop and human review take from there.
+verifier, the EM loop and human review take from there. Model, versions and final stats are
+written through one method run (:mod:`emlabel.monailabel.runs`) and appear together.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from emlabel.checkpoints import publish_checkpoint
 from emlabel.data.statistics import INFO_KEY
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer, StructureStats
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.monailabel.infer import segmentation_unet
 from emlabel.monailabel.tasks import OptionsTrainTask
+from emlabel.nets.app import segmentation_unet
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 
@@ -127,33 +127,36 @@ class StatsTrainTask(OptionsTrainTask):
                 self._stats("RUNNING", started, options, history, data, weak_ids, grown=grown)
             )
 
-        trainer.fit(on_epoch=on_epoch)
-        meta = {
-            "method": "stats",
-            "labels": list(settings.labels),
-            "settings": settings_to_dict(settings),
-            "stats_options": dataclasses.asdict(options),
-            "trained_at": now_iso(),
-            "weak_ids": weak_ids,
-        }
-        checksum = publish_checkpoint(self.model_path, trainer.network.state_dict(), meta)
-        model = f"{self.model_path.name}@sha256:{checksum[:16]}"
-        written = self._write_predictions(
-            datastore, data, trainer, weak_ids, parents, targets, model
-        )
-        return self.write_stats(
-            self._stats(
-                "DONE",
-                started,
-                options,
-                history,
-                data,
-                weak_ids,
-                checksum=checksum,
-                written=written,
-                grown=grown,
+        with datastore.begin_run("stats", stats_path=self.stats_path) as run:
+            trainer.fit(on_epoch=on_epoch)
+            meta = {
+                "method": "stats",
+                "labels": list(settings.labels),
+                "settings": settings_to_dict(settings),
+                "stats_options": dataclasses.asdict(options),
+                "trained_at": now_iso(),
+                "weak_ids": weak_ids,
+            }
+            checksum = run.stage_checkpoint(self.model_path, trainer.network.state_dict(), meta)
+            model = f"{self.model_path.name}@sha256:{checksum[:16]}"
+            written = self._write_predictions(
+                run, datastore, data, trainer, weak_ids, parents, targets, model
             )
-        )
+            done = self.write_stats(
+                self._stats(
+                    "DONE",
+                    started,
+                    options,
+                    history,
+                    data,
+                    weak_ids,
+                    checksum=checksum,
+                    written=written,
+                    grown=grown,
+                ),
+                run=run,
+            )
+        return done
 
     def _targets(self, datastore: VersionedDatastore, data: LoadedSet, i: int) -> ImageTargets:
         """Statistics and clicks of image i, with clicks mapped onto the training grid."""
@@ -182,7 +185,7 @@ class StatsTrainTask(OptionsTrainTask):
         return ImageTargets(spacing=tuple(self._settings.target_spacing), structures=structures)
 
     def _write_predictions(
-        self, datastore, data, trainer, weak_ids, parents, targets, model
+        self, run, datastore, data, trainer, weak_ids, parents, targets, model
     ) -> list[str]:
         # Where a volume is known the written label meets it exactly (area_matched_labels).
         labels = trainer.predict_area_matched(data.images, targets)
@@ -195,7 +198,7 @@ class StatsTrainTask(OptionsTrainTask):
                 path = Path(tmp) / f"{image_id}.nii.gz"
                 nib.save(nib.Nifti1Image(array, image.affine), path)
                 errors = volume_errors(labels[i], targets[i], self._settings)
-                version = datastore.add_version(
+                version = run.add_version(
                     image_id,
                     str(path),
                     Provenance(

@@ -34,8 +34,12 @@ def parse_options(
 ) -> Any:
     """``defaults`` (a frozen dataclass) with the request's ``allowed`` keys applied, typed.
 
-    Unknown keys and bad values raise InvalidRequestError (a 400 naming the key).
+    Unknown keys, bad values and values above their maximum (``emlabel.bounds``; only the
+    keys the request set, so configured defaults are not judged) or not finite raise
+    InvalidRequestError (a 400 naming the key).
     """
+    from emlabel.bounds import check_maxima
+
     overrides = {k: v for k, v in request.items() if k not in REQUEST_PASSTHROUGH}
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
@@ -47,6 +51,7 @@ def parse_options(
     for key, raw in overrides.items():
         values[key] = _convert(key, raw, hints[key], what)
     options = dataclasses.replace(defaults, **values)
+    check_maxima(options, what, values)
     validate = getattr(options, "validate", None)
     if validate is not None:
         try:
@@ -84,17 +89,35 @@ class StatsFileTrainTask(TrainTask):
         self.stats_path = self.model_path.with_suffix(".train_stats.json")
 
     def stats(self) -> dict[str, Any]:
+        """The stats file; ``RUNNING`` of a process that died shows as ``ABORTED``."""
+        from emlabel.monailabel.runs import stats_writer_dead
+
         if not self.stats_path.exists():
             return {}
         try:
-            return json.loads(self.stats_path.read_text())
+            stats = json.loads(self.stats_path.read_text())
         except json.JSONDecodeError:
             return {}
+        if isinstance(stats, dict) and stats_writer_dead(stats):
+            reason = f"the training process (pid {stats.get('pid')}) ended without finishing"
+            return stats | {"state": "ABORTED", "reason": reason}
+        return stats
 
-    def write_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """Store the train stats atomically; NaN/inf become null (``/info`` must stay JSON)."""
-        stats = json_safe(stats)
-        atomic_write_json(stats, self.stats_path)
+    def write_stats(self, stats: dict[str, Any], *, run: Any = None) -> dict[str, Any]:
+        """Store the train stats atomically; NaN/inf become null (``/info`` must stay JSON).
+
+        Records the writing process (``pid``, ``process_started``, ``host``) so recovery can
+        mark the stats of a killed training ``ABORTED``. With ``run`` (a
+        :class:`~emlabel.monailabel.runs.MethodRun`) the stats are staged and appear when
+        the run commits, together with its model and label versions.
+        """
+        from emlabel.monailabel.runs import process_fields
+
+        stats = json_safe(stats | process_fields())
+        if run is not None:
+            run.stage_json(self.stats_path, stats)
+        else:
+            atomic_write_json(stats, self.stats_path)
         return stats
 
 

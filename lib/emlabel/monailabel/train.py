@@ -3,6 +3,7 @@
 MONAI Label's BasicTrainTask is built around ignite handlers and the stock ``final``-only
 datalist; EMLabel needs the label resolver, atomic publishing and its own stats file, so
 this adapter is a thin TrainTask over :func:`emlabel.training.supervised.train_supervised`.
+The model and the final stats are staged in a method run and appear together at its commit.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import datetime as dt
 import logging
 from typing import Any
 
-from emlabel.checkpoints import publish_checkpoint
 from emlabel.labels.provenance import now_iso
 from emlabel.monailabel.datastore import VersionedDatastore
-from emlabel.monailabel.infer import segmentation_unet
 from emlabel.monailabel.tasks import OptionsTrainTask
+from emlabel.nets.app import segmentation_unet
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.supervised import EpochStats, split_items, train_supervised
 
@@ -54,29 +54,31 @@ class SegmentationTrainer(OptionsTrainTask):
             history.append(stats.as_dict())
             self._write_stats(settings, started, items, history, state="RUNNING")
 
-        result = train_supervised(
-            network,
-            train_items,
-            val_items,
-            settings=settings,
-            max_epochs=settings.max_epochs,
-            on_epoch=on_epoch,
-        )
-        meta = {
-            "method": "segmentation",
-            "labels": list(settings.labels),
-            "settings": settings_to_dict(settings),
-            "best_epoch": result.best_epoch,
-            "best_val_dice": result.best_val_dice,
-            "trained_at": dt.datetime.now(dt.UTC).isoformat(),
-            "label_sources": _label_sources(items),
-            "train_ids": result.train_ids,
-            "val_ids": result.val_ids,
-        }
-        checksum = publish_checkpoint(self.model_path, result.state_dict, meta)
-        summary = self._write_stats(
-            settings, started, items, history, state="DONE", checksum=checksum, result=meta
-        )
+        with datastore.begin_run("segmentation", stats_path=self.stats_path) as run:
+            result = train_supervised(
+                network,
+                train_items,
+                val_items,
+                settings=settings,
+                max_epochs=settings.max_epochs,
+                on_epoch=on_epoch,
+            )
+            meta = {
+                "method": "segmentation",
+                "labels": list(settings.labels),
+                "settings": settings_to_dict(settings),
+                "best_epoch": result.best_epoch,
+                "best_val_dice": result.best_val_dice,
+                "trained_at": dt.datetime.now(dt.UTC).isoformat(),
+                "label_sources": _label_sources(items),
+                "train_ids": result.train_ids,
+                "val_ids": result.val_ids,
+            }
+            checksum = run.stage_checkpoint(self.model_path, result.state_dict, meta)
+            summary = self._write_stats(
+                settings, started, items, history, state="DONE", checksum=checksum, result=meta,
+                run=run,
+            )  # fmt: skip
         return summary
 
     def _write_stats(
@@ -89,6 +91,7 @@ class SegmentationTrainer(OptionsTrainTask):
         state: str,
         checksum: str | None = None,
         result: dict[str, Any] | None = None,
+        run: Any = None,
     ) -> dict[str, Any]:
         last = history[-1] if history else {}
         stats = {
@@ -103,7 +106,7 @@ class SegmentationTrainer(OptionsTrainTask):
             "model_sha256": checksum,
             "history": history,
         }
-        return self.write_stats(stats)
+        return self.write_stats(stats, run=run)
 
 
 def _label_sources(items: list[dict[str, Any]]) -> dict[str, int]:

@@ -23,6 +23,7 @@ from monai.transforms import AsDiscrete
 from monai.utils import set_determinism
 
 from emlabel.settings import AppSettings
+from emlabel.training.skeleton import EpochTrainer
 from emlabel.transforms import eval_chain, train_chain
 
 
@@ -64,6 +65,92 @@ def split_items(
     return items[n_val:], items[:n_val]
 
 
+class SupervisedTrainer(EpochTrainer[EpochStats]):
+    """DiceCE training on labeled items, keeping the weights of the best validation Dice."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        train_items: Sequence[dict[str, Any]],
+        val_items: Sequence[dict[str, Any]],
+        *,
+        settings: AppSettings,
+        max_epochs: int,
+        device: str = "cpu",
+    ) -> None:
+        if not train_items:
+            raise ValueError("no labeled images to train on")
+        super().__init__()
+        set_determinism(seed=settings.seed)
+        if settings.num_threads:
+            torch.set_num_threads(settings.num_threads)
+        self.settings, self.device, self.max_epochs = settings, device, max_epochs
+        self.network = network.to(device)
+        self.train_ids = [str(x["id"]) for x in train_items]
+        self.val_ids = [str(x["id"]) for x in val_items]
+        train_ds = CacheDataset(list(train_items), transform=train_chain(settings), progress=False)
+        self.loader = DataLoader(
+            train_ds, batch_size=settings.train_batch_size, shuffle=True, num_workers=0
+        )
+        self.val_ds = CacheDataset(list(val_items), transform=eval_chain(settings), progress=False)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+        self.best_state = copy.deepcopy(network.state_dict())
+        self.best_epoch, self.best_dice = 0, None
+
+    def train_epoch(self, epoch0: int) -> EpochStats:
+        start = time.perf_counter()
+        self.network.train()
+        losses = []
+        for batch in self.loader:
+            self.optimizer.zero_grad()
+            logits = self.network(batch["image"].to(self.device))
+            loss = self.loss_fn(logits, batch["label"].to(self.device))
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return EpochStats(
+            epoch=epoch0 + 1,
+            train_loss=sum(losses) / len(losses),
+            val_dice=None,
+            val_dice_per_class={},
+            seconds=time.perf_counter() - start,
+        )
+
+    def after_epoch(self, epoch0: int, stats: EpochStats) -> EpochStats:
+        """Validate; keep the weights when the mean Dice is at least the best so far."""
+        start = time.perf_counter()
+        per_class = (
+            validate(self.network, self.val_ds, settings=self.settings, device=self.device)
+            if self.val_ids
+            else {}
+        )
+        val_dice = sum(per_class.values()) / len(per_class) if per_class else None
+        if val_dice is None or self.best_dice is None or val_dice >= self.best_dice:
+            self.best_dice, self.best_epoch = val_dice, epoch0 + 1
+            self.best_state = copy.deepcopy(self.network.state_dict())
+        return dataclasses.replace(
+            stats,
+            val_dice=val_dice,
+            val_dice_per_class=per_class,
+            seconds=stats.seconds + time.perf_counter() - start,
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The best weights so far."""
+        return self.best_state
+
+    def result(self) -> TrainResult:
+        return TrainResult(
+            state_dict=self.best_state,
+            best_epoch=self.best_epoch,
+            best_val_dice=self.best_dice,
+            history=list(self.history),
+            train_ids=self.train_ids,
+            val_ids=self.val_ids,
+        )
+
+
 def train_supervised(
     network: torch.nn.Module,
     train_items: Sequence[dict[str, Any]],
@@ -75,56 +162,11 @@ def train_supervised(
     device: str = "cpu",
 ) -> TrainResult:
     """Train ``network`` with DiceCE on ``train_items``; keep the best validation Dice."""
-    if not train_items:
-        raise ValueError("no labeled images to train on")
-    set_determinism(seed=settings.seed)
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    network = network.to(device)
-    train_ds = CacheDataset(list(train_items), transform=train_chain(settings), progress=False)
-    loader = DataLoader(
-        train_ds, batch_size=settings.train_batch_size, shuffle=True, num_workers=0, drop_last=False
+    trainer = SupervisedTrainer(
+        network, train_items, val_items, settings=settings, max_epochs=max_epochs, device=device
     )
-    val_ds = CacheDataset(list(val_items), transform=eval_chain(settings), progress=False)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
-
-    history: list[EpochStats] = []
-    best_state = copy.deepcopy(network.state_dict())
-    best_epoch, best_dice = 0, None
-    for epoch in range(1, max_epochs + 1):
-        start = time.perf_counter()
-        network.train()
-        losses = []
-        for batch in loader:
-            optimizer.zero_grad()
-            loss = loss_fn(network(batch["image"].to(device)), batch["label"].to(device))
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        per_class = validate(network, val_ds, settings=settings, device=device) if val_items else {}
-        val_dice = sum(per_class.values()) / len(per_class) if per_class else None
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=sum(losses) / len(losses),
-            val_dice=val_dice,
-            val_dice_per_class=per_class,
-            seconds=time.perf_counter() - start,
-        )
-        history.append(stats)
-        if val_dice is None or best_dice is None or val_dice >= best_dice:
-            best_dice, best_epoch = val_dice, epoch
-            best_state = copy.deepcopy(network.state_dict())
-        if on_epoch is not None:
-            on_epoch(stats)
-    return TrainResult(
-        state_dict=best_state,
-        best_epoch=best_epoch,
-        best_val_dice=best_dice,
-        history=history,
-        train_ids=[str(x["id"]) for x in train_items],
-        val_ids=[str(x["id"]) for x in val_items],
-    )
+    trainer.fit(on_epoch=on_epoch)
+    return trainer.result()
 
 
 @torch.no_grad()

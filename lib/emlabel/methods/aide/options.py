@@ -60,7 +60,10 @@ class AIDEOptions:
     """Seed of the weight initialisation, the batch order and the augmentation."""
 
     def validate(self) -> None:
-        """Check value ranges; raises ``ValueError`` naming the first offending field."""
+        """Check value ranges; raises ``ValueError`` naming the first offending field.
+
+        A train request's upper bounds are in ``emlabel.bounds.REQUEST_MAXIMA``.
+        """
         checks = {
             "batch_size": self.batch_size >= 1,
             "k_augment": self.k_augment >= 1,

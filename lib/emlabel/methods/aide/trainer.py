@@ -41,6 +41,7 @@ from emlabel.methods.aide.filtering import filter_scores, split_clean_noisy
 from emlabel.methods.aide.losses import consistency_loss, seg_loss_per_sample
 from emlabel.methods.aide.options import AIDEOptions
 from emlabel.methods.aide.schedule import is_correction_epoch, ramp
+from emlabel.training.skeleton import EpochTrainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
     return sum(label_dice(p, t, c) for p, t in zip(pred, target, strict=True)) / len(pred)
 
 
-class AIDETrainer:
+class AIDETrainer(EpochTrainer["EpochStats"]):
     """Two networks, two label copies, and AIDE's training loop over in-memory items.
 
     ``net_factory()`` builds one network mapping ``[B, C_in, *spatial]`` to logits
@@ -116,8 +117,10 @@ class AIDETrainer:
         options: AIDEOptions | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
+        super().__init__()
         self.options = options or AIDEOptions()
         self.options.validate()
+        self.max_epochs = self.options.max_epochs
         n = images.shape[0]
         if images.ndim not in (4, 5):
             raise ValueError(
@@ -162,7 +165,6 @@ class AIDETrainer:
             self.opt2, step_size=self.options.lr_step, gamma=self.options.lr_gamma
         )
         self.rng = torch.Generator().manual_seed(seed)
-        self.history: list[EpochStats] = []
         self.updates: list[LabelUpdate] = []
         self.last_rejected = 0
         """Corrections the gate refused at the last :meth:`end_of_epoch`."""
@@ -344,28 +346,15 @@ class AIDETrainer:
         self.updates.extend(written)
         return written
 
-    def fit(
-        self,
-        max_epochs: int | None = None,
-        *,
-        on_epoch: Callable[[EpochStats], None] | None = None,
-    ) -> list[EpochStats]:
-        """Train until ``max_epochs`` epochs (default ``options.max_epochs``) are in history.
+    def after_epoch(self, epoch0: int, stats: EpochStats) -> EpochStats:
+        """Global label correction (:meth:`end_of_epoch`), counted in the epoch's stats."""
+        updates = self.end_of_epoch(epoch0 + 1)
+        return dataclasses.replace(stats, n_corrected=len(updates), n_rejected=self.last_rejected)
 
-        Each epoch is :meth:`train_epoch` then :meth:`end_of_epoch`; ``on_epoch`` gets the
-        epoch's stats (with ``n_corrected``). Returns the whole history.
-        """
-        total = self.options.max_epochs if max_epochs is None else max_epochs
-        for epoch0 in range(len(self.history), total):
-            stats = self.train_epoch(epoch0)
-            updates = self.end_of_epoch(epoch0 + 1)
-            stats = dataclasses.replace(
-                stats, n_corrected=len(updates), n_rejected=self.last_rejected
-            )
-            self.history.append(stats)
-            if on_epoch is not None:
-                on_epoch(stats)
-        return self.history
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Both networks' weights (keys ``f1.*`` and ``f2.*``)."""
+        return {f"f{k}.{name}": value for k, net in ((1, self.f1), (2, self.f2))
+                for name, value in net.state_dict().items()}  # fmt: skip
 
     def _probs(self, net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         was = net.training

@@ -45,17 +45,21 @@ class CGSOptions:
     """Strong-view intensity jitter: contrast and brightness change up to this fraction."""
 
     def validate(self) -> None:
-        """Check value ranges that types alone do not express; the error names the field."""
+        """Check value ranges that types alone do not express; the error names the field.
+
+        Lower bounds (and NaN/infinity) only; a train request's upper bounds are in
+        ``emlabel.bounds.REQUEST_MAXIMA``.
+        """
         lo, hi = (*tuple(self.cutmix_area), math.nan, math.nan)[:2]
         checks = {
             "tau": 0 <= self.tau < 1,
             "ema_decay_max": 0 <= self.ema_decay_max < 1,
-            "lambda_max": self.lambda_max >= 0,
+            "lambda_max": math.isfinite(self.lambda_max) and self.lambda_max >= 0,
             "cutmix_area": len(self.cutmix_area) == 2 and 0 < lo <= hi < 1,
-            "learning_rate": self.learning_rate > 0,
+            "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate > 0,
             "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "poly_power": self.poly_power >= 0,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "poly_power": math.isfinite(self.poly_power) and self.poly_power >= 0,
             "max_iterations": self.max_iterations >= 1,
             "labeled_batch_size": self.labeled_batch_size >= 1,
             "unlabeled_batch_size": self.unlabeled_batch_size >= 2,

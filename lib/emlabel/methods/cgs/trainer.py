@@ -29,11 +29,12 @@ from emlabel.methods.cgs.options import CGSOptions
 from emlabel.methods.cgs.pseudo import make_pseudo_labels
 from emlabel.methods.cgs.teacher import ema_update, make_teacher
 from emlabel.nets.cgs import CGSNet
+from emlabel.training.skeleton import EpochTrainer
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-class CGSTrainer:
+class CGSTrainer(EpochTrainer[dict[str, float]]):
     """Trains a :class:`CGSNet` (the student) and its mean teacher with the CGS frame."""
 
     def __init__(
@@ -44,8 +45,10 @@ class CGSTrainer:
         use_specialists: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
+        super().__init__()
         self.options = options or CGSOptions()
         self.options.validate()
+        self.max_epochs = self.options.max_iterations
         self.use_specialists = use_specialists
         self.device = torch.device(device)
         self.student = net.to(self.device)
@@ -58,8 +61,6 @@ class CGSTrainer:
             weight_decay=self.options.weight_decay,
         )
         self.generator = torch.Generator().manual_seed(self.options.seed)
-        self.history: list[dict[str, float]] = []
-        """Stats of every step run so far."""
 
     # -- schedules ---------------------------------------------------------------------
     def progress(self, iteration: int) -> float:
@@ -159,21 +160,30 @@ class CGSTrainer:
             "ema_decay": decay,
             **fractions,
         }
-        self.history.append(stats)
         return stats
 
-    def fit(
+    def train_epoch(self, epoch0: int) -> dict[str, float]:
+        """One CGS iteration (the skeleton's unit here): a labeled and an unlabeled batch."""
+        labeled_images, labeled_labels, unlabeled_images = self._data
+        li = self._sample(labeled_images.shape[0], self.options.labeled_batch_size)
+        ui = self._sample(unlabeled_images.shape[0], self.options.unlabeled_batch_size)
+        return self.step((labeled_images[li], labeled_labels[li]), unlabeled_images[ui], epoch0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The teacher's weights (all heads; :meth:`serving_model` keeps the generalist)."""
+        return self.teacher.state_dict()
+
+    def fit(  # type: ignore[override]  (CGS takes its in-memory data here)
         self,
         labeled_images: torch.Tensor,
         labeled_labels: torch.Tensor,
         unlabeled_images: torch.Tensor,
         *,
         iterations: int | None = None,
-        start_iteration: int = 0,
         on_step: StepCallback | None = None,
     ) -> list[dict[str, float]]:
-        """Run iterations ``start_iteration`` .. ``iterations - 1`` (default: the whole run,
-        ``options.max_iterations``) on random batches of the in-memory data.
+        """Run iterations until ``iterations`` (default ``options.max_iterations``) have run,
+        on random batches of the in-memory data.
 
         Returns the stats of the steps run here; ``on_step(iteration, stats)`` is called
         after each.
@@ -182,18 +192,11 @@ class CGSTrainer:
             raise ValueError("labeled_images and labeled_labels differ in length")
         if labeled_images.shape[0] == 0 or unlabeled_images.shape[0] == 0:
             raise ValueError("need at least one labeled and one unlabeled image")
-        end = self.options.max_iterations if iterations is None else iterations
-        run: list[dict[str, float]] = []
-        for iteration in range(start_iteration, end):
-            li = self._sample(labeled_images.shape[0], self.options.labeled_batch_size)
-            ui = self._sample(unlabeled_images.shape[0], self.options.unlabeled_batch_size)
-            stats = self.step(
-                (labeled_images[li], labeled_labels[li]), unlabeled_images[ui], iteration
-            )
-            run.append(stats)
-            if on_step is not None:
-                on_step(iteration, stats)
-        return run
+        self._data = (labeled_images, labeled_labels, unlabeled_images)
+        before = len(self.history)
+        report = None if on_step is None else (lambda st: on_step(int(st["iteration"]), st))
+        super().fit(iterations, on_epoch=report)
+        return self.history[before:]
 
     def _sample(self, n: int, batch_size: int) -> torch.Tensor:
         if n >= batch_size:

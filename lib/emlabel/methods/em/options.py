@@ -25,6 +25,10 @@ class EMOptions:
     """Seed of the M-step training."""
 
     def validate(self) -> None:
+        """Check value ranges (``iterations`` is capped here too); the error names the field.
+
+        A train request's other upper bounds are in ``emlabel.bounds.REQUEST_MAXIMA``.
+        """
         checks = {
             "iterations": 1 <= self.iterations <= 20,
             "epochs": self.epochs >= 1,

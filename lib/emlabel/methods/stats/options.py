@@ -64,7 +64,10 @@ class StatsOptions:
     """Seed of the weight initialisation (when a factory is given) and of the batch order."""
 
     def validate(self) -> None:
-        """Check value ranges; raises ``ValueError`` naming the first offending field."""
+        """Check value ranges; raises ``ValueError`` naming the first offending field.
+
+        A train request's upper bounds are in ``emlabel.bounds.REQUEST_MAXIMA``.
+        """
 
         def weight(v: float) -> bool:
             return math.isfinite(v) and v >= 0.0

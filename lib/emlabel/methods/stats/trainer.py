@@ -26,6 +26,7 @@ from emlabel.methods.stats.losses import class_logits, stats_loss
 from emlabel.methods.stats.options import StatsOptions
 from emlabel.methods.stats.postprocess import area_matched_labels
 from emlabel.methods.stats.targets import ImageTargets
+from emlabel.training.skeleton import EpochTrainer
 
 _TERMS: tuple[str, ...] = ("total", "rec", "stat", "ovl", "ent", "full")
 
@@ -60,7 +61,7 @@ class StatsEpochStats:
     """Wall time of the epoch."""
 
 
-class StatsTrainer:
+class StatsTrainer(EpochTrainer["StatsEpochStats"]):
     """One network trained with the summary-statistics losses on in-memory images.
 
     ``network``: a module mapping ``[B, C_in, *spatial]`` to logits ``[B, C, *spatial]``
@@ -82,8 +83,10 @@ class StatsTrainer:
         options: StatsOptions | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
+        super().__init__()
         self.options = options or StatsOptions()
         self.options.validate()
+        self.max_epochs = self.options.max_epochs
         if images.ndim not in (4, 5):
             raise ValueError(
                 f"images must be [N, C, *spatial] (2D or 3D), got {tuple(images.shape)}"
@@ -150,7 +153,6 @@ class StatsTrainer:
 
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.options.learning_rate)
         self.rng = torch.Generator().manual_seed(self.options.seed)
-        self.history: list[StatsEpochStats] = []
 
     def _grow_labels(self, spatial: tuple[int, ...]) -> None:
         """Give every image without a full label, but with a size and clicks, the label grown
@@ -243,23 +245,9 @@ class StatsTrainer:
             seconds=time.perf_counter() - start,
         )
 
-    def fit(
-        self,
-        max_epochs: int | None = None,
-        *,
-        on_epoch: Callable[[StatsEpochStats], None] | None = None,
-    ) -> list[StatsEpochStats]:
-        """Train until ``max_epochs`` epochs (default ``options.max_epochs``) are in history.
-
-        ``on_epoch`` gets each epoch's stats. Returns the whole history.
-        """
-        total = self.options.max_epochs if max_epochs is None else max_epochs
-        for epoch0 in range(len(self.history), total):
-            stats = self.train_epoch(epoch0)
-            self.history.append(stats)
-            if on_epoch is not None:
-                on_epoch(stats)
-        return self.history
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's weights."""
+        return self.network.state_dict()
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax ``[N, K + 1, *spatial]`` of the network in eval mode (channel k = m_k)."""

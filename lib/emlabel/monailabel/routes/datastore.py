@@ -1,0 +1,220 @@
+"""``/datastore`` routes that write: validated, bounded, versioned, never destructive.
+
+They replace the stock handlers of the same paths (same parameters, so Slicer, OHIF and
+``MONAILabelClient`` work unchanged) and differ where stock MONAI Label loses data or
+answers 500: an empty ``tag`` is refused instead of becoming ``final``; deletes archive;
+``emlabel*`` info keys are EMLabel's own; uploads are capped and always cleaned up; the
+work runs in FastAPI's thread pool, off the event loop (these handlers are plain ``def``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fastapi import File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.others.generic import file_checksum, get_mime_type
+
+from emlabel.data.validation import check_image_id
+from emlabel.errors import InvalidRequestError, NotFoundError
+from emlabel.labels.versions import FINAL_TAG
+from emlabel.monailabel.http import http_errors
+from emlabel.monailabel.routes.common import (
+    max_upload_bytes,
+    parse_json_object,
+    staged_upload,
+    user_of,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Image-info keys only EMLabel writes (reviews, verifier scores, statistics history, ...).
+RESERVED_INFO_PREFIX = "emlabel"
+
+
+def _datastore() -> Any:
+    return app_instance().datastore()
+
+
+def _require_image(image_id: str) -> str:
+    datastore = _datastore()
+    require = getattr(datastore, "require_image", None)
+    if require is None:
+        check_image_id(image_id)
+        return datastore.get_image_uri(image_id)
+    return require(image_id)
+
+
+def _check_info(info: dict[str, Any], what: str) -> dict[str, Any]:
+    reserved = sorted(k for k in info if str(k).startswith(RESERVED_INFO_PREFIX))
+    if reserved:
+        raise InvalidRequestError(
+            f"{what} keys {reserved} are written by EMLabel only (reviews, scores, statistics)"
+        )
+    return info
+
+
+@http_errors
+def save_label(
+    request: Request,
+    image: str,
+    params: str = Form("{}"),
+    tag: str = FINAL_TAG,
+    label: UploadFile = File(...),
+) -> dict[str, Any]:
+    """``PUT /datastore/label``: store a human final or an import as a new version."""
+    if not tag:
+        raise InvalidRequestError("label tag is empty; give tag=final for a human label")
+    info = parse_json_object(params, "params")
+    _check_info(info, "label info")
+    _require_image(image)
+    instance = app_instance()
+    user = user_of(request)
+    if user is not None:
+        info["user"] = user
+    with staged_upload(label, max_bytes=max_upload_bytes()) as path:
+        instance.datastore().save_label(image, str(path), tag, info)
+    result = instance.on_save_label(image, image) or {}
+    return result | {"image": image, "label": image}
+
+
+@http_errors
+def add_image(
+    request: Request,
+    image: str | None = None,
+    params: str = Form("{}"),
+    file: UploadFile = File(...),
+) -> dict[str, Any]:
+    """``PUT /datastore/image``: a new image (never over an existing one)."""
+    info = parse_json_object(params, "params")
+    _check_info(info, "image info")
+    if image is not None:
+        check_image_id(image)
+    user = user_of(request)
+    if user is not None:
+        info["user"] = user
+    with staged_upload(file, max_bytes=max_upload_bytes()) as path:
+        name = os.path.basename(file.filename or "")
+        image_id = image or name.split(".")[0]
+        stored = _datastore().add_image(image_id, str(path), info)
+    return {"image": stored}
+
+
+@http_errors
+def remove_label(request: Request, id: str, tag: str) -> dict[str, Any]:
+    """``DELETE /datastore/label``: the label is kept as a version marked deleted."""
+    datastore = _datastore()
+    if not hasattr(datastore, "versions"):
+        raise InvalidRequestError("this datastore keeps no versions; deletes are refused")
+    datastore.remove_label(id, tag, user=user_of(request))
+    return {}
+
+
+@http_errors
+def remove_image(request: Request, id: str) -> dict[str, Any]:
+    """``DELETE /datastore/image``: refused for labeled images; others are kept aside."""
+    datastore = _datastore()
+    if app_instance().studies.startswith(("http://", "https://")):
+        raise InvalidRequestError("images live on the DICOMweb server; delete them there")
+    datastore.remove_image(id, user=user_of(request))
+    return {}
+
+
+@http_errors
+def put_image_info(request: Request, image: str, info: str = Form("{}")) -> Any:
+    """``PUT /datastore/image/info``: merge client keys (``emlabel*`` keys refused)."""
+    values = _check_info(parse_json_object(info, "info"), "image info")
+    _require_image(image)
+    user = user_of(request)
+    if user is not None:
+        values["user"] = user
+    return _datastore().update_image_info(image, values)
+
+
+@http_errors
+def put_label_info(request: Request, label: str, tag: str, info: str = Form("{}")) -> Any:
+    """``PUT /datastore/label/info``: merge client keys into a label's info."""
+    values = _check_info(parse_json_object(info, "info"), "label info")
+    _require_image(label)
+    user = user_of(request)
+    if user is not None:
+        values["user"] = user
+    return _datastore().update_label_info(label, tag, values)
+
+
+def put_label_info_deprecated(
+    request: Request, label: str, tag: str, params: str = Form("{}")
+) -> Any:
+    """``PUT /datastore/updatelabelinfo`` (stock's deprecated name, ``params`` field)."""
+    return put_label_info(request, label, tag, params)
+
+
+@http_errors
+def get_image(request: Request, image: str, check_sum: str | None = None) -> Any:
+    """``GET``/``HEAD /datastore/image``: an image of the datastore (ids only)."""
+    path = _require_image(image)
+    if not os.path.isfile(path):
+        raise NotFoundError(f"image '{image}' has no file on this server")
+    if request.method == "HEAD":
+        if check_sum:
+            algo, _, digest = check_sum.rpartition(":")
+            if digest != file_checksum(path, algo=algo or "SHA256"):
+                raise NotFoundError(f"image '{image}' does not match checksum {check_sum}")
+        return {}
+    return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
+
+
+@http_errors
+def get_label(label: str, tag: str) -> Any:
+    """``GET /datastore/label``: a stored label version of a datastore image."""
+    _require_image(label)
+    datastore = _datastore()
+    if not tag or not datastore.get_label_info(label, tag):
+        raise NotFoundError(f"image '{label}' has no label tagged '{tag}'")
+    path = datastore.get_label_uri(label, tag)
+    if not path or not os.path.isfile(path):
+        raise NotFoundError(f"image '{label}' has no label file tagged '{tag}'")
+    return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
+
+
+@http_errors
+def head_label(image: str, tag: str) -> dict[str, Any]:
+    """``HEAD /datastore/label`` (stock names the id ``image`` here)."""
+    get_label(image, tag)
+    return {}
+
+
+def listing(output: str | None = None) -> Any:
+    """``GET /datastore/``: stock's listing (``output`` stats / train / all), in the pool."""
+    from monailabel.endpoints.datastore import ResultType
+    from monailabel.endpoints.datastore import datastore as stock_listing
+
+    try:
+        kind = ResultType(output) if output else None
+    except ValueError as e:
+        valid = ", ".join(t.value for t in ResultType)
+        raise InvalidRequestError(f"output {output!r} is not one of {valid}") from e
+    return stock_listing(kind)
+
+
+def routes() -> list[tuple[str, str, Any, str]]:
+    """(method, path, handler, summary) for the router."""
+    return [
+        ("GET", "/datastore/", http_errors(listing), "Images and labels of the datastore"),
+        ("PUT", "/datastore/label", save_label, "Save a label (a new version; finals are human)"),
+        ("PUT", "/datastore/image", add_image, "Upload a new image"),
+        ("PUT", "/datastore/", add_image, "Upload a new image (deprecated path)"),
+        ("DELETE", "/datastore/label", remove_label, "Delete a label (kept as a deleted version)"),
+        ("DELETE", "/datastore/image", remove_image, "Delete an image without labels (kept aside)"),
+        ("DELETE", "/datastore/", remove_image, "Delete an image (deprecated path)"),
+        ("PUT", "/datastore/image/info", put_image_info, "Update image info"),
+        ("PUT", "/datastore/label/info", put_label_info, "Update label info"),
+        ("PUT", "/datastore/updatelabelinfo", put_label_info_deprecated, "Update label info"),
+        ("GET", "/datastore/image", get_image, "Download an image"),
+        ("HEAD", "/datastore/image", get_image, "Check an image exists"),
+        ("GET", "/datastore/label", get_label, "Download a label"),
+        ("HEAD", "/datastore/label", head_label, "Check a label exists"),
+    ]
