@@ -42,17 +42,22 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    BUBIL,
     PROJECT_ROOT,
+    SHENZHEN,
     format_p,
     format_table,
+    load_grey,
+    load_shenzhen,
     mean_std_text,
+    object_mask,
     paired_wilcoxon,
+    resize_mask,
     run_header,
     summarize,
     timed,
     write_json,
 )
-from shared_data import BUBIL, SHENZHEN, load_grey, load_shenzhen, object_mask, resize_mask
 
 from emlabel.methods.aide import (
     FILTER_CRITERIA,

@@ -13,7 +13,7 @@ mistakes of the data README's pilot). A label is **bad** when Dice(label, truth)
 
 One EM iteration (all library code of :mod:`emlabel.verify` and :mod:`emlabel.methods.em`):
 
-1. M-step: a MONAI UNet (DiceCE, Adam, flips; ``verifier.train_unet``) is trained from
+1. M-step: a MONAI UNet (DiceCE, Adam, flips; ``common.train_unet``) is trained from
    scratch on the current labels of the clean and pool images.
 2. E-step: for every pool image, the model's predictions under 4 test-time flips are the
    ensemble; :func:`structure_features` against the current label, a
@@ -23,9 +23,10 @@ One EM iteration (all library code of :mod:`emlabel.verify` and :mod:`emlabel.me
    or nobody (no review) picks ``ceil(0.05 * pool)`` unreviewed images; the simulated
    annotator replaces each with the truth (a human final label, never changed again) and the
    review (was the label wrong?) is added to the verifier's training set (``fit``).
-4. Correction: :func:`emlabel.methods.em.decide` with the app's thresholds; where it says
-   "correct", :class:`LabelExpert` has chosen the model's prediction over the current label
-   and that prediction becomes the label.
+4. Correction: :func:`emlabel.methods.em.e_step`, the server's own E-step, with the app's
+   thresholds; where it says "correct", :class:`LabelExpert` has chosen the model's
+   candidate (the voxel-wise majority of the ensemble members) over the current label and
+   that candidate becomes the label.
 
 Per strategy and iteration the JSON holds: label Dice to truth (mean, and the bad fraction),
 reviews (and how many of them were bad), corrections (and how many improved the label), the
@@ -52,14 +53,20 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_ROOT, format_table, run_header, write_json
-from shared_data import load_shenzhen
-from verifier import Train, predict_members, train_unet
+from common import (
+    PROJECT_ROOT,
+    Train,
+    format_table,
+    load_shenzhen,
+    predict_members,
+    run_header,
+    train_unet,
+    write_json,
+)
 
-from emlabel.methods.em import EMOptions, decide
+from emlabel.methods.em import EMOptions, e_step
 from emlabel.metrics import dice
 from emlabel.verify import (
-    LabelExpert,
     LabelVerifier,
     Review,
     ShapePopulation,
@@ -142,11 +149,10 @@ class EStep:
     probability: dict[int, float]
     reasons: dict[int, str]
     features: dict[int, Any]
-    prediction: dict[int, np.ndarray]
     members: dict[int, list[np.ndarray]]
 
 
-def e_step(
+def gather_evidence(
     model: torch.nn.Module,
     images: np.ndarray,
     labels: dict[int, np.ndarray],
@@ -154,11 +160,10 @@ def e_step(
     population: ShapePopulation,
 ) -> EStep:
     """Ensemble predictions, features and verifier P(wrong) of every pool label."""
-    out = EStep({}, {}, {}, {}, {})
+    out = EStep({}, {}, {}, {})
     for i, label in labels.items():
         probs = predict_members(model, images[i], MEMBERS)
         members = [p.argmax(0) for p in probs]
-        mean = np.mean(probs, axis=0).argmax(0)
         feats = structure_features(
             label, members, spacing=(1.0, 1.0), labels=LABELS, containment={}, image_id=str(i)
         )
@@ -166,7 +171,6 @@ def e_step(
         out.probability[i] = verdict.probability_wrong
         out.reasons[i] = "; ".join(verdict.reasons[:2])
         out.features[i] = feats["lung"]
-        out.prediction[i] = mean
         out.members[i] = members
     return out
 
@@ -234,31 +238,31 @@ def iterate(
         loop.labels[i] = truth[i].copy()
         loop.reviewed.add(i)
     fitted = loop.verifier.fit(loop.reviews, population) if loop.reviews else False
-    expert = LabelExpert(verifier=loop.verifier, labels=LABELS, containment={})
+    pending = [i for i in loop.labels if i not in loop.reviewed]
+    verdicts = {
+        str(i): loop.verifier.score_image({"lung": est.features[i]}, population, image_id=str(i))
+        for i in pending
+    }
+    # the same E-step as the server's ``em`` trainer (emlabel.methods.em.e_step)
+    result = e_step(
+        labels={str(i): loop.labels[i] for i in pending},
+        members={str(i): est.members[i] for i in pending},
+        verdicts=verdicts,
+        verifier=loop.verifier,
+        population=population,
+        label_map=LABELS,
+        spacing=(1.0, 1.0),
+        containment={},
+        correct_threshold=options.correct_threshold,
+        review_threshold=options.review_threshold,
+    )
     corrected = improved = 0
-    for i in loop.labels:
-        if i in loop.reviewed:
-            continue
-        verdict = loop.verifier.score_image({"lung": est.features[i]}, population, image_id=str(i))
-        choice = None
-        if verdict.probability_wrong >= options.correct_threshold:
-            choice = expert.choose(
-                {"current": loop.labels[i], "model": est.prediction[i]},
-                predictions=est.members[i],
-                population=population,
-                spacing=(1.0, 1.0),
-            )
-        decision = decide(
-            verdict,
-            choice,
-            correct_threshold=options.correct_threshold,
-            review_threshold=options.review_threshold,
-        )
-        if decision.action == "correct":
-            before = dice(loop.labels[i] == 1, truth[i] == 1)
-            loop.labels[i] = est.prediction[i].astype(np.int64)
-            corrected += 1
-            improved += int(dice(loop.labels[i] == 1, truth[i] == 1) > before)
+    for image_id, label in result.corrections.items():
+        i = int(image_id)
+        before = dice(loop.labels[i] == 1, truth[i] == 1)
+        loop.labels[i] = label.astype(np.int64)
+        corrected += 1
+        improved += int(dice(loop.labels[i] == 1, truth[i] == 1) > before)
     return {
         "reviewed": len(routed),
         "reviewed_bad": n_bad_routed,
@@ -327,7 +331,7 @@ def run(s: Settings, seed: int) -> dict[str, Any]:
             else:
                 model = train(loop.labels)
                 start = time.perf_counter()
-                est = e_step(model, images, loop.labels, loop.verifier, population)
+                est = gather_evidence(model, images, loop.labels, loop.verifier, population)
                 timings["e_step"] += time.perf_counter() - start
                 if it == 0:
                     shared = (model, est)

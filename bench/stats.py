@@ -64,15 +64,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    BUBIL,
     PROJECT_ROOT,
+    PYRADIOMICS,
+    bubil_gold,
+    bubil_names,
     format_p,
     format_table,
+    load_grey,
     paired_wilcoxon,
+    resize_mask,
     run_header,
     summarize,
     write_json,
 )
-from shared_data import BUBIL, PYRADIOMICS, bubil_gold, bubil_names, load_grey, resize_mask
 
 from emlabel.data.phantoms import PHANTOM_LABELS, PhantomOptions, make_phantom
 from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer, targets_from_label

@@ -63,13 +63,26 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_ROOT, format_table, run_header, write_json
-from shared_data import BUBIL, TOTALSEG, load_grey, object_mask, resize_mask
+from common import (
+    BUBIL,
+    PROJECT_ROOT,
+    TOTALSEG,
+    Member,
+    Train,
+    format_table,
+    load_grey,
+    object_mask,
+    predict_members,
+    resize_mask,
+    run_header,
+    softmax_of,
+    train_unet,
+    write_json,
+)
 
 from emlabel.data.corruptions import corrupt_label
 from emlabel.data.phantoms import PHANTOM_LABELS, PhantomOptions, make_phantom
 from emlabel.metrics import dice
-from emlabel.nets import build_unet
 from emlabel.verify import LabelVerifier, ShapePopulation, roc_curve, structure_features
 from emlabel.verify.budget import review_budget
 
@@ -90,21 +103,8 @@ METHOD_LABELS = {
 # --------------------------------------------------------------------------- settings
 
 
-Member = tuple[str, tuple[float, ...]]
 """A test-time augmentation: ("flip", axes), ("roll", voxels per axis) or
 ("intensity", (scale, shift)) of the normalised image; ("flip", ()) is the identity."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Train:
-    """Training of the per-data-set UNet (same recipe everywhere)."""
-
-    steps: int
-    batch_size: int
-    channels: tuple[int, ...]
-    learning_rate: float = 2e-3
-    dropout: float = 0.2
-    mc_passes: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ class PhantomSettings:
     n_population: int = 4
     corrupt_fraction: float = 0.5
     shape: tuple[int, int, int] = (48, 48, 32)
-    train: Train = Train(steps=500, batch_size=2, channels=(16, 32, 64, 128))
+    train: Train = Train(steps=500, batch_size=2, channels=(16, 32, 64, 128))  # noqa: RUF009 (Train is frozen)
     members: tuple[Member, ...] = (
         ("flip", ()),
         ("roll", (2, 0, 0)),
@@ -132,14 +132,14 @@ class BubilSettings:
     n_population: int = 3
     n_judged_images: int | None = None
     """None = every image not used for training or the population."""
-    train: Train = Train(steps=400, batch_size=4, channels=(16, 32, 64, 128, 256))
+    train: Train = Train(steps=400, batch_size=4, channels=(16, 32, 64, 128, 256))  # noqa: RUF009 (Train is frozen)
     members: tuple[Member, ...] = (("flip", ()), ("flip", (0,)), ("flip", (1,)), ("flip", (0, 1)))
     """TTA members (identity first); the model is trained with random flips."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TotalsegSettings:
-    train: Train = Train(steps=250, batch_size=4, channels=(16, 32, 64, 128))
+    train: Train = Train(steps=250, batch_size=4, channels=(16, 32, 64, 128))  # noqa: RUF009 (Train is frozen)
     hu_window: tuple[float, float] = (-400.0, 600.0)
     members: tuple[Member, ...] = (
         ("flip", ()),
@@ -183,93 +183,6 @@ def pad_to(arr: np.ndarray, multiple: int, n_spatial: int, value: float = 0.0) -
     return np.pad(arr, pads, mode="constant", constant_values=value)
 
 
-def train_unet(
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    n_classes: int,
-    cfg: Train,
-    flip_axes: Sequence[int],
-    seed: int,
-    roll_axes: Sequence[int] = (),
-    roll_max: int = 0,
-) -> torch.nn.Module:
-    """A MONAI UNet trained with DiceCE and Adam on whole images.
-
-    Augmentation: random flips on ``flip_axes``; random whole-voxel rolls of up to ``roll_max``
-    on ``roll_axes`` (so that rolled test-time members stay in distribution).
-
-    ``images``: [N, 1, *S] float32 (S already a multiple of the UNet's stride product);
-    ``labels``: [N, *S] int64. ``flip_axes`` index the spatial axes.
-    """
-    from monai.losses import DiceCELoss
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    dims = images.ndim - 2
-    model = build_unet(
-        spatial_dims=dims, out_channels=n_classes, channels=cfg.channels, dropout=cfg.dropout
-    )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
-    x_all = torch.from_numpy(images)
-    y_all = torch.from_numpy(labels)[:, None]
-    model.train()
-    for _ in range(cfg.steps):
-        idx = rng.choice(len(images), size=min(cfg.batch_size, len(images)), replace=False)
-        xs, ys = [], []
-        for i in idx:
-            x, y = x_all[i], y_all[i]
-            for ax in flip_axes:
-                if rng.random() < 0.5:
-                    x, y = torch.flip(x, (ax + 1,)), torch.flip(y, (ax + 1,))
-            if roll_axes and roll_max:
-                shifts = tuple(
-                    int(v) for v in rng.integers(-roll_max, roll_max + 1, len(roll_axes))
-                )
-                dims = tuple(a + 1 for a in roll_axes)
-                x, y = torch.roll(x, shifts, dims), torch.roll(y, shifts, dims)
-            xs.append(x)
-            ys.append(y)
-        opt.zero_grad()
-        loss = loss_fn(model(torch.stack(xs)), torch.stack(ys))
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    return model
-
-
-def _softmax(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return torch.softmax(model(x[None]), dim=1)[0].numpy()
-
-
-def predict_members(
-    model: torch.nn.Module, image: np.ndarray, members: Sequence[Member]
-) -> list[np.ndarray]:
-    """Softmax [C, *S] per TTA member, mapped back to the image grid. ``image``: [1, *S]."""
-    model.eval()
-    x = torch.from_numpy(image)
-    out = []
-    for kind, arg in members:
-        if kind == "flip":
-            dims = tuple(int(a) + 1 for a in arg)
-            p = _softmax(model, torch.flip(x, dims) if dims else x)
-            out.append(np.flip(p, dims).copy() if dims else p)
-        elif kind == "roll":
-            shifts = tuple(int(a) for a in arg)
-            dims = tuple(range(1, len(shifts) + 1))
-            p = _softmax(model, torch.roll(x, shifts, dims))
-            out.append(np.roll(p, tuple(-a for a in shifts), axis=dims))
-        elif kind == "intensity":
-            out.append(_softmax(model, x * float(arg[0]) + float(arg[1])))
-        else:
-            raise ValueError(f"unknown TTA member {kind!r}")
-    return out
-
-
 def mc_dropout_probs(model: torch.nn.Module, image: np.ndarray, passes: int) -> np.ndarray:
     """Mean softmax [C, *S] over ``passes`` forward passes with only the dropout layers on."""
     model.eval()
@@ -278,7 +191,7 @@ def mc_dropout_probs(model: torch.nn.Module, image: np.ndarray, passes: int) -> 
             m.train()
     x = torch.from_numpy(image)
     try:
-        total = sum(_softmax(model, x) for _ in range(passes))
+        total = sum(softmax_of(model, x) for _ in range(passes))
     finally:
         model.eval()
     return total / passes

@@ -45,7 +45,7 @@ def trainer(cls: type[OptionsTrainTask], tmp_path: Path) -> OptionsTrainTask:
         "settings": AppSettings(),
         "description": "test",
     }
-    if cls in (AIDETrainer3D, EMTrainTask):
+    if cls is AIDETrainer3D:
         kwargs["segmentation_model_path"] = str(tmp_path / "segmentation.pt")
     return cls(**kwargs)
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from emlabel.errors import SettingsError
-from emlabel.methods.em import EMOptions, decide
-from emlabel.monailabel.em import majority, operating_point
+from emlabel.methods.em import EMOptions, decide, majority, operating_point
 from emlabel.verify import ImageVerdict
 
 
@@ -62,3 +61,17 @@ def test_operating_point_from_reviews():
     assert point.threshold == pytest.approx(0.6)
     assert point.sensitivity == 1.0 and point.specificity == pytest.approx(2 / 3)
     assert operating_point(records[:2], 0.95) is None  # no good label reviewed yet
+
+
+def test_the_learner_registry_matches_the_em_option():
+    from emlabel.learners import LEARNERS
+    from emlabel.methods.em.options import LEARNER_NAMES
+
+    assert set(LEARNERS) == set(LEARNER_NAMES)
+    import pytest
+
+    from emlabel.errors import SettingsError
+    from emlabel.methods.em import EMOptions
+
+    with pytest.raises(SettingsError, match="valid: segmentation, aide, cgs"):
+        EMOptions(learner="nnunet").validate()

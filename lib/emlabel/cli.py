@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from emlabel.errors import EMLabelError
+from emlabel.errors import EMLabelError, NotFoundError
 
 
 def _settings(config: str | None):
@@ -93,6 +93,23 @@ def cmd_versions(args: argparse.Namespace) -> int:
             f"{mark} v{row['version']:<3} {row['tag']:<16} {row['kind']:<10} {row['source']:<10}"
             f"{' (archived)' if row['archived'] else ''} {row['reason']}"
         )
+    return 0
+
+
+def cmd_demo_quality(args: argparse.Namespace) -> int:
+    """Mean Dice of every image's best label to the demo's truth (demo folders only)."""
+    from emlabel.data.demo_truth import DemoTruth
+
+    truth = DemoTruth.find(args.studies)
+    if truth is None:
+        raise NotFoundError(f"{args.studies} has no demo truth (emlabel_demo/manifest.json)")
+    datastore = _open_datastore(args.studies, args.config)
+    labels = {}
+    for image_id in datastore.list_images():
+        best = datastore.best_label(image_id)
+        if best is not None:
+            labels[image_id] = datastore.get_label_uri(image_id, best.tag)
+    print(json.dumps({"label_quality_vs_truth": truth.quality(labels), "images": len(labels)}))
     return 0
 
 
@@ -228,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true", help="print JSON")
     ver.add_argument("image", help="image id")
     ver.set_defaults(func=cmd_versions)
+
+    dq = sub.add_parser("demo-quality", help="best labels vs the demo's truth (mean Dice)")
+    dq.add_argument("--studies", required=True)
+    dq.add_argument("--config")
+    dq.set_defaults(func=cmd_demo_quality)
 
     orth = sub.add_parser("orthanc", help="run a private Orthanc (DICOMweb) in the foreground")
     orth.add_argument("--dir", required=True, help="folder for its configuration and database")

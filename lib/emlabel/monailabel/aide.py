@@ -17,23 +17,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import torch
 from monai import transforms as mt
-from monai.inferers import SlidingWindowInferer
 
-from emlabel.checkpoints import load_checkpoint, model_ref
+from emlabel.checkpoints import model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
+from emlabel.learners import load_learner
 from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpdate, label_dice
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.runs import MethodRun
 from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
+from emlabel.monailabel.versions import write_label_version
 from emlabel.nets.app import segmentation_unet as _unet
 from emlabel.nets.ensemble import PairedSoftmaxEnsemble, split_paired_output
 from emlabel.settings import AppSettings, settings_to_dict
-from emlabel.training.loading import LoadedSet, load_items, to_original_grid
+from emlabel.training.loading import LoadedSet, load_items
 
 logger = logging.getLogger(__name__)
 
@@ -172,18 +172,13 @@ class AIDETrainer3D(OptionsTrainTask):
 
     def _pseudo_label(self, data: LoadedSet, roles: dict[str, str]) -> None:
         """Task standardization: the segmentation model's prediction for unlabeled images."""
-        state, _ = load_checkpoint(self.segmentation_model_path)
-        net = _unet(self._settings)
-        net.load_state_dict(state)
-        net.eval()
-        inferer = SlidingWindowInferer(
-            roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
+        learner = load_learner(
+            "segmentation", settings=self._settings, model_dir=self.segmentation_model_path.parent
         )
-        with torch.no_grad():
-            for i, image_id in enumerate(data.ids):
-                if roles[image_id] == "pseudo":
-                    logits = inferer(data.images[i : i + 1], net)
-                    data.labels[i] = logits.argmax(dim=1)[0]
+        todo = [i for i, image_id in enumerate(data.ids) if roles[image_id] == "pseudo"]
+        subset = dataclasses.replace(data, images=data.images[todo])
+        for i, label in zip(todo, learner.predict(subset), strict=True):
+            data.labels[i] = torch.as_tensor(label).long()
 
     def _write_corrections(
         self,
@@ -199,37 +194,31 @@ class AIDETrainer3D(OptionsTrainTask):
         last_tag = {(k, data.ids[i]): parents[data.ids[i]] for i in idx for k in (1, 2)}
         written = 0
         with tempfile.TemporaryDirectory(prefix="emlabel-aide-") as tmp:
-            for n, update in enumerate(updates):
+            for update in updates:
                 position = idx[update.index]
                 image_id = data.ids[position]
-                array = to_original_grid(
-                    update.new_label.long(), data.processed[position], data.inverter
-                )
-                image = nib.load(datastore.require_image(image_id))
-                path = Path(tmp) / f"{n}.nii.gz"
-                nib.save(nib.Nifti1Image(array, image.affine), path)
                 parent = last_tag[(update.network, image_id)]
-                version = run.add_version(
-                    image_id,
-                    str(path),
-                    Provenance(
-                        kind=LabelKind.CORRECTED,
-                        source="aide",
-                        version=0,
-                        parent=parent or "pseudo-label of the segmentation model",
-                        iteration=update.epoch,
-                        model=model,
-                        scores={
-                            "dice_to_previous": round(update.dice_new_vs_old, 4),
-                            "dice_prediction_vs_target": round(update.dice_before, 4),
-                            "network": update.network,
-                        },
-                        reason=(
-                            f"AIDE global correction by network f{update.network} after epoch "
-                            f"{update.epoch}: among the lowest-Dice labels of its training target"
-                        ),
+                provenance = Provenance(
+                    kind=LabelKind.CORRECTED,
+                    source="aide",
+                    version=0,
+                    parent=parent or "pseudo-label of the segmentation model",
+                    iteration=update.epoch,
+                    model=model,
+                    scores={
+                        "dice_to_previous": round(update.dice_new_vs_old, 4),
+                        "dice_prediction_vs_target": round(update.dice_before, 4),
+                        "network": update.network,
+                    },
+                    reason=(
+                        f"AIDE global correction by network f{update.network} after epoch "
+                        f"{update.epoch}: among the lowest-Dice labels of its training target"
                     ),
                 )
+                version = write_label_version(
+                    run, datastore, data=data, index=position, label=update.new_label,
+                    provenance=provenance, workdir=Path(tmp),
+                )  # fmt: skip
                 last_tag[(update.network, image_id)] = version.tag
                 written += 1
         return written

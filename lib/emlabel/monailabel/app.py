@@ -307,7 +307,8 @@ class EMLabelAppBase(MONAILabelApp):
         result = super().on_save_label(image_id, label_id) or {}
         datastore = self.datastore()
         if isinstance(datastore, VersionedDatastore):
-            from emlabel.monailabel.em import EMFiles, record_review
+            from emlabel.methods.em import EMFiles
+            from emlabel.monailabel.review import record_review
 
             review = record_review(
                 datastore, image_id, settings=self.settings, files=EMFiles(self.model_dir)

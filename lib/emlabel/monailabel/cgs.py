@@ -20,17 +20,16 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from emlabel.checkpoints import load_payload, model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
+from emlabel.learners.cgs import FULL_MODEL_KEY, AllHeads
 from emlabel.methods.cgs import CGSOptions, CGSTrainer, head_decisions, ihed_consistent
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
 from emlabel.nets.app import cgs_network, cgs_serving_network
-from emlabel.nets.cgs import CGSNet
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import load_items
 
 logger = logging.getLogger(__name__)
 
-FULL_MODEL_KEY = "full_teacher"
 IHED_INFO_KEY = "emlabel.ihed"
 MULTIPLE_OF = 16  # five-level U-Net
 
@@ -149,18 +148,6 @@ class CGSInfer(VolumeInferTask):
         )
 
 
-class _AllHeads(torch.nn.Module):
-    """Generalist and specialist logits concatenated on channels (for one sliding window)."""
-
-    def __init__(self, net: CGSNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        generalist, specialists = self.net.forward_all(x)
-        return torch.cat([generalist, *specialists], dim=1)
-
-
 class IHEDScoring(ScoringMethod):
     """Scoring ``ihed``: per image, the fraction of foreground voxels failing IHED, by class.
 
@@ -181,7 +168,7 @@ class IHEDScoring(ScoringMethod):
         payload = load_payload(self.model_path)
         net = cgs_network(self._settings)
         net.load_state_dict(payload[FULL_MODEL_KEY])
-        heads = _AllHeads(net).eval()
+        heads = AllHeads(net).eval()
         k = self._settings.num_classes - 1
         inferer = SlidingWindowInferer(
             roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap

@@ -65,6 +65,8 @@ class VersionedDatastore(LocalDatastore):
         read_only: bool = False,
     ) -> None:
         self._settings = settings
+        self.studies_path = Path(studies)
+        """The studies folder (the one MONAI Label keeps in a private attribute)."""
         self._tmp_dir = Path(studies) / TMP_DIR_NAME
         super().__init__(
             studies, extensions=extensions, auto_reload=auto_reload, read_only=read_only
@@ -272,7 +274,7 @@ class VersionedDatastore(LocalDatastore):
         if ts != self._config_ts:
             with open(path) as fh:
                 self._datastore = LocalDatastoreModel.model_validate_json(fh.read())
-            self._datastore.base_path = self._datastore_path
+            self._datastore.base_path = str(self.studies_path)
             self._config_ts = ts
 
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -374,7 +376,7 @@ class VersionedDatastore(LocalDatastore):
     @property
     def runs_dir(self) -> Path:
         """``<studies>/.emlabel-runs``: one journal per method run."""
-        return Path(self._datastore_path) / RUNS_DIR_NAME
+        return self.studies_path / RUNS_DIR_NAME
 
     def begin_run(self, method: str, *, stats_path: Path | None = None) -> MethodRun:
         """Start a run of ``method`` (use as a context manager: commit on success)."""
@@ -388,7 +390,7 @@ class VersionedDatastore(LocalDatastore):
         ``model_dirs``: folders whose ``*.train_stats.json`` and temp files are checked too.
         """
         labels_dir = Path(self._datastore.label_path(None))
-        temp_dirs = [self._tmp_dir, Path(self._datastore_path)]
+        temp_dirs = [self._tmp_dir, self.studies_path]
         if labels_dir.is_dir():
             temp_dirs += [p for p in labels_dir.iterdir() if p.is_dir()]
         report = recover_runs(self, model_dirs=model_dirs, temp_dirs=temp_dirs)
@@ -540,7 +542,7 @@ class VersionedDatastore(LocalDatastore):
                 )
             src = Path(self._datastore.image_path()) / self._filename(image_id, obj.image.ext)
             stamp = now_iso().replace(":", "")
-            keep = Path(self._datastore_path) / DELETED_DIR_NAME / f"{image_id}-{stamp}"
+            keep = self.studies_path / DELETED_DIR_NAME / f"{image_id}-{stamp}"
             keep.mkdir(parents=True, exist_ok=True)
             record = {
                 "image": image_id,

@@ -82,6 +82,7 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
     ) -> None:
         self._settings = settings
         datastore_path = Path(cache_path) / md5_digest(client.base_url)
+        self.studies_path = datastore_path
         self._tmp_dir = datastore_path / TMP_DIR_NAME
         self._sync_lock = str(datastore_path / ".emlabel-sync.lock")
         self._listing_ttl = float(listing_ttl)

@@ -27,9 +27,10 @@ from emlabel.labels.provenance import now_iso
 from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer, StructureStats
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.tasks import OptionsTrainTask
+from emlabel.monailabel.versions import write_label_version
 from emlabel.nets.app import segmentation_unet
 from emlabel.settings import AppSettings, settings_to_dict
-from emlabel.training.loading import LoadedSet, load_items, to_original_grid
+from emlabel.training.loading import LoadedSet, load_items
 
 logger = logging.getLogger(__name__)
 
@@ -193,27 +194,23 @@ class StatsTrainTask(OptionsTrainTask):
         with tempfile.TemporaryDirectory(prefix="emlabel-stats-") as tmp:
             for image_id in weak_ids:
                 i = data.ids.index(image_id)
-                array = to_original_grid(labels[i].long(), data.processed[i], data.inverter)
-                image = nib.load(datastore.require_image(image_id))
-                path = Path(tmp) / f"{image_id}.nii.gz"
-                nib.save(nib.Nifti1Image(array, image.affine), path)
                 errors = volume_errors(labels[i], targets[i], self._settings)
-                version = run.add_version(
-                    image_id,
-                    str(path),
-                    Provenance(
-                        kind=LabelKind.WEAK,
-                        source="stats",
-                        version=0,
-                        parent=parents.get(image_id),
-                        model=model,
-                        scores={f"volume_error_{k}": v for k, v in errors.items()},
-                        reason=(
-                            "predicted by a model trained from summary statistics and clicks; "
-                            "structures with a known volume thresholded to match it"
-                        ),
+                provenance = Provenance(
+                    kind=LabelKind.WEAK,
+                    source="stats",
+                    version=0,
+                    parent=parents.get(image_id),
+                    model=model,
+                    scores={f"volume_error_{k}": v for k, v in errors.items()},
+                    reason=(
+                        "predicted by a model trained from summary statistics and clicks; "
+                        "structures with a known volume thresholded to match it"
                     ),
                 )
+                version = write_label_version(
+                    run, datastore, data=data, index=i, label=labels[i], provenance=provenance,
+                    workdir=Path(tmp),
+                )  # fmt: skip
                 tags.append(version.tag)
         return tags
 

@@ -1,6 +1,37 @@
-"""EM relabeling (ScaleMAI-style): E-step decisions from verifier + expert, typed options."""
+"""EM relabeling (ScaleMAI-style) as library code: critic, E-step, loop, learner interface.
 
-from emlabel.methods.em.decide import Decision, decide
+No MONAI Label or datastore here: the loop works on :class:`EMItem` files and a
+:class:`Learner` (:mod:`emlabel.learners`); the ``em`` trainer adapts the datastore to it.
+"""
+
+from emlabel.methods.em.critic import Critic, CriticRun
+from emlabel.methods.em.decide import Action, Decision, decide
+from emlabel.methods.em.estep import EStepResult, e_step, majority
+from emlabel.methods.em.items import EMItem
+from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.loop import Correction, EMLoop, EMResult, save_on_image_grid
 from emlabel.methods.em.options import EMOptions
+from emlabel.methods.em.reviews import operating_point, review_record, structure_reviews
+from emlabel.methods.em.state import EMFiles
 
-__all__ = ["Decision", "EMOptions", "decide"]
+__all__ = [
+    "Action",
+    "Correction",
+    "Critic",
+    "CriticRun",
+    "Decision",
+    "EMFiles",
+    "EMItem",
+    "EMLoop",
+    "EMOptions",
+    "EMResult",
+    "EStepResult",
+    "Learner",
+    "decide",
+    "e_step",
+    "majority",
+    "operating_point",
+    "review_record",
+    "save_on_image_grid",
+    "structure_reviews",
+]

@@ -6,6 +6,9 @@ import dataclasses
 
 from emlabel.errors import SettingsError
 
+LEARNER_NAMES = ("segmentation", "aide", "cgs")
+"""Learners the loop can drive (the registry in :mod:`emlabel.learners` has exactly these)."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EMOptions:
@@ -23,6 +26,8 @@ class EMOptions:
     """M-step also trains on the model's pseudo-labels of unlabeled images."""
     seed: int = 0
     """Seed of the M-step training."""
+    learner: str = "segmentation"
+    """The method each M-step trains and whose ensemble the critic reads (:mod:`emlabel.learners`)."""
 
     def validate(self) -> None:
         """Check value ranges (``iterations`` is capped here too); the error names the field.
@@ -35,9 +40,11 @@ class EMOptions:
             "correct_threshold": 0 < self.correct_threshold <= 1,
             "review_threshold": 0 < self.review_threshold <= self.correct_threshold,
             "seed": self.seed >= 0,
+            "learner": self.learner in LEARNER_NAMES,
         }
         for key, ok in checks.items():
             if not ok:
+                valid = f"; valid: {', '.join(LEARNER_NAMES)}" if key == "learner" else ""
                 raise SettingsError(
-                    f"em option '{key}' has an invalid value: {getattr(self, key)!r}"
+                    f"em option '{key}' has an invalid value: {getattr(self, key)!r}{valid}"
                 )

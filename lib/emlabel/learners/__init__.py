@@ -1,0 +1,48 @@
+"""Learners the EM engine can drive, by name (``learner`` option of the ``em`` trainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emlabel.checkpoints import load_payload
+from emlabel.errors import InvalidRequestError
+from emlabel.learners.aide import AIDELearner
+from emlabel.learners.cgs import FULL_MODEL_KEY, CGSLearner
+from emlabel.learners.segmentation import SegmentationLearner
+from emlabel.methods.em.learner import Learner
+from emlabel.settings import AppSettings
+
+LEARNERS: dict[str, type[Learner]] = {
+    cls.name: cls for cls in (SegmentationLearner, AIDELearner, CGSLearner)
+}
+
+
+def make_learner(name: str, *, settings: AppSettings) -> Learner:
+    """A fresh learner by name; a 400 listing the valid names for an unknown one."""
+    try:
+        cls = LEARNERS[name]
+    except KeyError:
+        raise InvalidRequestError(
+            f"unknown learner {name!r}; valid: {', '.join(sorted(LEARNERS))}"
+        ) from None
+    return cls(settings=settings)
+
+
+def load_learner(name: str, *, settings: AppSettings, model_dir: Path) -> Learner:
+    """A learner with its published model (``model_dir / model_file``) loaded, if there is one."""
+    learner = make_learner(name, settings=settings)
+    path = Path(model_dir) / learner.model_file
+    if path.exists():
+        payload = load_payload(path)
+        learner.load_state_dict(payload.get(FULL_MODEL_KEY, payload["model"]))
+    return learner
+
+
+__all__ = [
+    "LEARNERS",
+    "AIDELearner",
+    "CGSLearner",
+    "Learner",
+    "SegmentationLearner",
+    "make_learner",
+]

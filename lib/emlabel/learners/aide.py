@@ -1,0 +1,110 @@
+"""Learner ``aide``: two cross-correcting UNets; each network's prediction is a member."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from emlabel.methods.aide import AIDEOptions, AIDETrainer
+from emlabel.methods.em.items import EMItem
+from emlabel.methods.em.learner import Learner
+from emlabel.nets.app import segmentation_unet
+from emlabel.nets.ensemble import PairedSoftmaxEnsemble
+from emlabel.settings import AppSettings
+from emlabel.training.loading import LoadedSet, load_items
+
+
+def default_aide_options(settings: AppSettings) -> AIDEOptions:
+    """The app's AIDE defaults: training-time augmentation on (without it the consistency
+    term collapsed the networks in ``bench/aide.py``; bench/README.md)."""
+    return AIDEOptions(
+        max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2, train_augment=True
+    )
+
+
+class AIDELearner(Learner):
+    """AIDE on whole volumes; human labels are the clean (never corrected) items."""
+
+    name = "aide"
+    model_file = "aide.pt"
+
+    def __init__(self, *, settings: AppSettings, options: AIDEOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options or default_aide_options(settings)
+        self.multiple_of = 2 ** (len(settings.network_channels) - 1)
+        self.ensemble = PairedSoftmaxEnsemble(
+            segmentation_unet(settings), segmentation_unet(settings)
+        )
+        self.trainer: AIDETrainer | None = None
+        self._trained = False
+
+    def fit(
+        self,
+        items: Sequence[EMItem],
+        *,
+        epochs: int,
+        seed: int,
+        on_epoch: Callable[[Any], None] | None = None,
+    ) -> dict[str, Any]:
+        labeled = [item for item in items if item.label]
+        data = load_items(
+            [item.as_dict() for item in labeled],
+            settings=self.settings,
+            multiple_of=self.multiple_of,
+        )
+        options = dataclasses.replace(self.options, max_epochs=epochs, seed=seed)
+        self.trainer = AIDETrainer(
+            lambda: segmentation_unet(self.settings),
+            data.images,
+            data.labels,
+            hq_mask=torch.tensor([item.human for item in labeled]),
+            options=options,
+        )
+        self.trainer.fit(on_epoch=on_epoch)
+        self.ensemble = PairedSoftmaxEnsemble(self.trainer.f1, self.trainer.f2).eval()
+        self._trained = True
+        return {
+            "epochs": epochs,
+            "train_images": len(labeled),
+            "aide_corrections": len(self.trainer.updates),
+        }
+
+    def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
+        inferer = SlidingWindowInferer(
+            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
+        )
+        out = []
+        with torch.no_grad():
+            for i in range(data.images.shape[0]):
+                image = data.images[i : i + 1]
+                out.append(
+                    [inferer(image, net).argmax(dim=1)[0].numpy().astype(np.uint8)
+                     for net in self.ensemble.nets]
+                )  # fmt: skip
+        return out
+
+    def predict(self, data: LoadedSet) -> list[np.ndarray]:
+        """The mean softmax of both networks (what infer ``aide`` serves)."""
+        inferer = SlidingWindowInferer(
+            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
+        )
+        c = self.settings.num_classes
+        with torch.no_grad():
+            return [
+                inferer(data.images[i : i + 1], self.ensemble)[:, :c].argmax(dim=1)[0]
+                .numpy().astype(np.uint8)
+                for i in range(data.images.shape[0])
+            ]  # fmt: skip
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.ensemble.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.ensemble.load_state_dict(state)
+        self.ensemble.eval()
+        self._trained = True

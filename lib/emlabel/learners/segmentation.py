@@ -1,0 +1,87 @@
+"""Learner ``segmentation``: the supervised UNet, with a flip ensemble as its evidence."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from emlabel.methods.em.items import EMItem
+from emlabel.methods.em.learner import Learner
+from emlabel.nets.app import segmentation_unet
+from emlabel.settings import AppSettings
+from emlabel.training.loading import LoadedSet
+from emlabel.training.supervised import split_items, train_supervised
+
+FLIP_AXES: tuple[tuple[int, ...], ...] = ((), (2,), (3,))
+"""The ensemble: the image as it is and its two in-plane flips (undone on the output)."""
+
+
+class SegmentationLearner(Learner):
+    """DiceCE training on the labels (:class:`~emlabel.training.supervised.SupervisedTrainer`)."""
+
+    name = "segmentation"
+    model_file = "segmentation.pt"
+    multiple_of = 8
+
+    def __init__(self, *, settings: AppSettings) -> None:
+        self.settings = settings
+        self.network = segmentation_unet(settings).eval()
+        self._trained = False
+
+    def fit(
+        self,
+        items: Sequence[EMItem],
+        *,
+        epochs: int,
+        seed: int,
+        on_epoch: Callable[[Any], None] | None = None,
+    ) -> dict[str, Any]:
+        settings = dataclasses.replace(self.settings, seed=seed)
+        train, val = split_items(
+            [item.as_dict() for item in items if item.label],
+            val_fraction=settings.val_fraction,
+            seed=settings.seed,
+        )
+        result = train_supervised(
+            segmentation_unet(settings),
+            train,
+            val,
+            settings=settings,
+            max_epochs=epochs,
+            on_epoch=on_epoch,
+        )
+        self.load_state_dict(result.state_dict)
+        return {
+            "epochs": epochs,
+            "best_val_dice": result.best_val_dice,
+            "train_images": len(train),
+        }
+
+    def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
+        inferer = SlidingWindowInferer(
+            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
+        )
+        out = []
+        with torch.no_grad():
+            for i in range(data.images.shape[0]):
+                image, members = data.images[i : i + 1], []
+                for axes in FLIP_AXES:
+                    x = torch.flip(image, axes) if axes else image
+                    logits = inferer(x, self.network)
+                    logits = torch.flip(logits, axes) if axes else logits
+                    members.append(logits.argmax(dim=1)[0].numpy().astype(np.uint8))
+                out.append(members)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.network.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.network.load_state_dict(state)
+        self.network.eval()
+        self._trained = True

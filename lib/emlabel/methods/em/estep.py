@@ -1,0 +1,74 @@
+"""The E-step: for each machine label, accept it, correct it, or route it to a human.
+
+Plain arrays in, decisions out; the server's ``em`` trainer and ``bench/em_loop.py`` call
+this same function. A label the verifier finds likely wrong (``p >= correct_threshold``)
+is put to the pairwise Label Expert against the learner's candidate, the voxel-wise
+majority of the ensemble members; the expert's choice decides between correcting and
+routing (see :func:`emlabel.methods.em.decide.decide`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from emlabel.methods.em.decide import Action, Decision, decide
+from emlabel.verify import ImageVerdict, LabelExpert, LabelVerifier, ShapePopulation
+
+
+def majority(members: Sequence[np.ndarray]) -> np.ndarray:
+    """Voxel-wise majority vote of label maps (ties: the smaller label value)."""
+    stack = np.stack(members).astype(np.int64)
+    counts = np.stack([(stack == v).sum(axis=0) for v in range(int(stack.max()) + 1)])
+    return counts.argmax(axis=0).astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class EStepResult:
+    """The decisions, in input order, and the corrected label of every ``correct``."""
+
+    decisions: list[Decision]
+    corrections: dict[str, np.ndarray]
+
+
+def e_step(
+    *,
+    labels: Mapping[str, np.ndarray],
+    members: Mapping[str, Sequence[np.ndarray]],
+    verdicts: Mapping[str, ImageVerdict],
+    verifier: LabelVerifier,
+    population: ShapePopulation,
+    label_map: Mapping[str, int],
+    spacing: Sequence[float],
+    correct_threshold: float,
+    review_threshold: float,
+    images: Mapping[str, np.ndarray] | None = None,
+    containment: Mapping[str | int, str | int] | None = None,
+) -> EStepResult:
+    """Decide every image of ``verdicts`` (its label in ``labels``, its ensemble in ``members``)."""
+    expert = LabelExpert(verifier=verifier, labels=label_map, containment=containment)
+    decisions, corrections = [], {}
+    for image_id, verdict in verdicts.items():
+        choice = None
+        candidate = None
+        if verdict.probability_wrong >= correct_threshold:
+            candidate = majority(members[image_id])
+            choice = expert.choose(
+                {"current": np.asarray(labels[image_id]).astype(np.uint8), "model": candidate},
+                predictions=members[image_id],
+                image=None if images is None else images.get(image_id),
+                population=population,
+                spacing=spacing,
+            )
+        decision = decide(
+            verdict,
+            choice,
+            correct_threshold=correct_threshold,
+            review_threshold=review_threshold,
+        )
+        decisions.append(decision)
+        if decision.action == Action.CORRECT and candidate is not None:
+            corrections[image_id] = candidate
+    return EStepResult(decisions=decisions, corrections=corrections)

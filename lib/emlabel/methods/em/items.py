@@ -1,0 +1,28 @@
+"""What the EM engine works on: images and their current best labels, as files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EMItem:
+    """One image: its file, its best label's file (None: unlabeled), and whether a human made it.
+
+    The engine never overwrites these files; corrections and pseudo-labels it makes are new
+    files in its work folder, and the caller decides what to store.
+    """
+
+    id: str
+    image: str
+    label: str | None = None
+    human: bool = False
+    tag: str | None = None
+    """Name of the label version (provenance: the parent of a correction)."""
+
+    def with_label(self, label: str, tag: str) -> EMItem:
+        return dataclasses.replace(self, label=label, human=False, tag=tag)
+
+    def as_dict(self) -> dict[str, str]:
+        """``{"id", "image", "label"?}``, the item format of the trainers and loaders."""
+        return {"id": self.id, "image": self.image} | ({"label": self.label} if self.label else {})

@@ -1,0 +1,67 @@
+"""The ``Learner`` interface: what the EM engine needs from a segmentation method.
+
+A learner trains on items with labels (M-step), gives an ensemble of label maps per image
+(the critic's evidence and the expert's candidates) and one label map per image
+(pseudo-labels), and saves its weights in the checkpoint its infer task serves. Learners
+live in :mod:`emlabel.learners`; each wraps a trainer on :mod:`emlabel.training.skeleton`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from emlabel.methods.em.items import EMItem
+from emlabel.training.loading import LoadedSet
+
+
+class Learner(abc.ABC):
+    """A trainable segmentation method the EM loop can drive."""
+
+    name: ClassVar[str]
+    """Registry name (``segmentation``, ``aide``, ``cgs``)."""
+    model_file: ClassVar[str]
+    """Checkpoint file of the infer task that serves this learner's model."""
+    multiple_of: ClassVar[int] = 8
+    """Spatial sizes its network needs (inputs are padded to a multiple)."""
+    semi_supervised: ClassVar[bool] = False
+    """True when it learns from unlabeled images itself (the loop then adds no pseudo-labels)."""
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        items: Sequence[EMItem],
+        *,
+        epochs: int,
+        seed: int,
+        on_epoch: Callable[[Any], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train from scratch on ``items`` (labeled; unlabeled too if semi-supervised)."""
+
+    @abc.abstractmethod
+    def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
+        """Per image of ``data``, the label maps of the ensemble members (on its grid)."""
+
+    def predict(self, data: LoadedSet) -> list[np.ndarray]:
+        """One label map per image (default: the first ensemble member)."""
+        return [m[0] for m in self.members(data)]
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights of the checkpoint its infer task loads."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take weights saved by :meth:`state_dict`."""
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Extra checkpoint keys beside ``model`` (CGS: the full teacher). Default none."""
+        return {}
+
+    @property
+    def trained(self) -> bool:
+        return bool(getattr(self, "_trained", False))

@@ -1,0 +1,84 @@
+"""Human reviews of routed labels: their outcome, the verifier's training examples, ROC.
+
+A review is a human ``final`` saved for an image the verifier routed: per structure, the
+Dice between the machine label that was judged and the final says whether it was wrong
+(``Dice < wrong_dice``). The records are the ground truth the verifier is recalibrated on
+and the ROC operating point is chosen from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from emlabel.metrics import dice
+from emlabel.verify import Review, StructureFeatures, choose_threshold, roc_curve
+
+
+def review_record(
+    *,
+    image_id: str,
+    machine: np.ndarray,
+    final: np.ndarray,
+    judged: Mapping[str, Any],
+    label_map: Mapping[str, int],
+    wrong_dice: float,
+    time: str,
+) -> dict[str, Any]:
+    """The outcome of one review; ``judged`` is the verifier info of the judged label.
+
+    Overall Dice = mean over the structures present in either label (1 if none).
+    """
+    structures, dices = [], []
+    for name, value in label_map.items():
+        if name not in judged["features"]:
+            continue
+        a, b = machine == value, final == value
+        d = dice(a, b)
+        if a.any() or b.any():
+            dices.append(d)
+        structures.append(
+            {
+                "structure": name,
+                "features": judged["features"][name],
+                "dice": round(d, 6),
+                "was_wrong": bool(d < wrong_dice),
+            }
+        )
+    overall = float(np.mean(dices)) if dices else 1.0
+    return {
+        "image_id": image_id,
+        "time": time,
+        "iteration": judged.get("iteration"),
+        "judged_tag": judged.get("label_tag"),
+        "image_score": judged.get("score"),
+        "dice": round(overall, 6),
+        "image_wrong": bool(overall < wrong_dice),
+        "structures": structures,
+    }
+
+
+def structure_reviews(records: Sequence[Mapping[str, Any]]) -> list[Review]:
+    """Per-structure verifier training examples from stored review records."""
+    return [
+        Review(features=StructureFeatures.from_dict(s["features"]), was_wrong=bool(s["was_wrong"]))
+        for record in records
+        for s in record.get("structures", [])
+    ]
+
+
+def operating_point(records: Sequence[Mapping[str, Any]], target: float) -> dict[str, Any] | None:
+    """ROC of the verifier's image scores against the review outcomes, and its threshold.
+
+    None until the reviews hold both a wrong and a right label.
+    """
+    pairs = [
+        (r["image_score"], r["image_wrong"]) for r in records if r.get("image_score") is not None
+    ]
+    if not pairs or len({w for _, w in pairs}) < 2:
+        return None
+    scores, bad = zip(*pairs, strict=True)
+    point = choose_threshold(list(scores), list(bad), target_sensitivity=target)
+    return {"curve": roc_curve(list(scores), list(bad)), "point": point}
