@@ -27,6 +27,7 @@ from tests.support.server import (
     running_server,
     server_env,
 )
+from tests.test_server import wait_for_training
 
 pytestmark = pytest.mark.server
 
@@ -92,16 +93,6 @@ def write_final(server, tmp_path: Path, image_id: str) -> str:
     path = tmp_path / f"{image_id}_label.nii.gz"
     nib.save(nib.Nifti1Image(label, image.affine), path)
     return str(path)
-
-
-def wait_for_training(client: MONAILabelClient, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.train_status()
-        if status.get("status") not in ("SUBMITTED", "RUNNING", "QUEUED"):
-            return status
-        time.sleep(1)
-    raise AssertionError("training did not finish")
 
 
 # ---------------------------------------------------------------------------- login

@@ -30,13 +30,18 @@ def label_with(value: int, tmp_path: Path, name: str) -> Path:
     return write(tmp_path / f"{name}.nii.gz", array)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> VersionedDatastore:
+def make_store(tmp_path: Path) -> VersionedDatastore:
+    """A studies folder of two blank images (labels organ, lesion) and its datastore."""
     studies = tmp_path / "studies"
     studies.mkdir()
     for i in range(2):
         write(studies / f"img{i}.nii.gz", np.zeros(SHAPE, np.int16))
     return VersionedDatastore(str(studies), settings=AppSettings(labels=("organ", "lesion")))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> VersionedDatastore:
+    return make_store(tmp_path)
 
 
 def read(store: VersionedDatastore, image_id: str, tag: str) -> np.ndarray:
@@ -144,8 +149,10 @@ def test_orphaned_machine_write_is_ignored(store, tmp_path):
     orphan_dir.mkdir(parents=True)
     write(orphan_dir / "img0.nii.gz", np.ones(SHAPE, np.uint8))
     store.refresh()
-    assert "aide-v007" in store._datastore.objects["img0"].labels  # MONAI Label sees the file
-    assert store.versions("img0") == []  # EMLabel does not trust it
+    # the stock reconcile would index it (and stock routes would serve it); EMLabel does not
+    assert "aide-v007" not in store._datastore.objects["img0"].labels
+    assert "aide-v007" not in json.dumps(store.json())
+    assert store.versions("img0") == []
     assert store.best_label("img0") is None
 
 

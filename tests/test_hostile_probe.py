@@ -334,3 +334,99 @@ def test_hostile_requests_get_4xx_and_store_nothing(server, tmp_path):
     assert tree_snapshot(server.app_dir / "model") == models_before
     leaked = set(os.listdir(tempfile.gettempdir())) - temp_before
     assert not leaked, f"temp files left behind: {sorted(leaked)[:10]}"
+
+
+def tar_with_traversal(path: Path, target: str) -> Path:
+    import tarfile
+
+    data = b"pwned"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(target)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def spacing_bomb(path: Path) -> Path:
+    """16^3 voxels whose header says 300 mm spacing: billions of voxels once resampled."""
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.diag([300, 300, 300, 1])), path)
+    return path
+
+
+def test_hostile_requests_against_a_trained_model(server, tmp_path):
+    """Requests that only reach their checks once a model exists (infer options, uploads)."""
+    import time
+
+    r = requests.post(f"{server.url}/train/segmentation", json={"max_epochs": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    for _ in range(600):
+        if requests.get(f"{server.url}/train/", timeout=30).json().get("status") not in (
+            "SUBMITTED", "RUNNING", "QUEUED",
+        ):  # fmt: skip
+            break
+        time.sleep(1)
+    image_id = "case_003"
+    outside = Path("/tmp") / f"emlabel-probe-{os.getpid()}-pwned"
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(gzip.compress(b"\x01" * 1000))
+    forged = {"result": {"emlabel_image_info": {"emlabel.review": {"served": True}}}}
+
+    def infer(params: dict | str, **kwargs) -> tuple[str, str, dict]:
+        data = {"params": params if isinstance(params, str) else json.dumps(params)}
+        return (
+            "POST",
+            "/infer/segmentation",
+            {"params": {"image": image_id}, "data": data} | kwargs,
+        )
+
+    cases = [
+        infer({"device": "bogus"}),
+        infer({"result_dtype": "bogus"}),
+        infer({"result_extension": ".bogus"}),
+        infer({"result_compress": "x"}),
+        infer({"image": 5}),
+        infer({"image": None}),
+        infer({"timeout": -1}),
+        infer(forged),
+        infer({"emlabel_image_info": {"emlabel.stats": {}}}),
+        ("POST", "/infer/segmentation", {"files": {"file": ("x.nii.gz", garbage.read_bytes())}}),
+        ("POST", "/infer/segmentation",
+         {"files": {"file": ("b.nii.gz", spacing_bomb(tmp_path / "b.nii.gz").read_bytes())}}),
+        ("PUT", "/datastore/image",
+         {"params": {"image": "bomb"}, "files": {"file": ("b.nii.gz", (tmp_path / "b.nii.gz").read_bytes())}}),
+        ("PUT", "/session/",
+         {"params": {"uncompress": "true"},
+          "files": {"files": ("a.tar", tar_with_traversal(tmp_path / "a.tar", f"../../../..{outside}").read_bytes())}}),
+        ("GET", "/session/x", {}),
+        ("POST", "/infer/wsi/segmentation", {}),
+        ("POST", "/infer/wsi_v2/segmentation", {"data": {"wsi": "not json"}}),
+        ("GET", "/ohif/%2E%2E", {}),
+        ("GET", "/logs/", {"params": {"lines": str(10**20)}}),
+        ("HEAD", "/datastore/image", {"params": {"image": image_id, "check_sum": "bogus:x"}}),
+        ("PUT", "/datastore/image/info", {"params": {"image": image_id}, "data": {"info": '{"strategy": "x"}'}}),
+        ("POST", "/batch/infer/segmentation", {"json": {"max_workers": 10**9}}),
+        ("POST", "/batch/infer/segmentation", {"json": {"device": "bogus"}}),
+        ("POST", "/train/segmentation",
+         {"json": {"max_epochs": 1}, "headers": {"Origin": "http://evil.example"}}),
+    ]  # fmt: skip
+    info_before = requests.get(
+        f"{server.url}/datastore/image/info", params={"image": image_id}, timeout=30
+    ).json()
+    failures = []
+    for method, path, kwargs in cases:
+        response = requests.request(method, server.url + path, timeout=120, **kwargs)
+        refused = 400 <= response.status_code < 500
+        if response.status_code >= 500 or (method not in ("GET", "HEAD") and not refused):
+            failures.append((method, path, response.status_code, response.text[:200]))
+        assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200, (method, path)
+    assert not failures, "\n".join(map(str, failures))
+    assert not outside.exists(), "a session archive wrote outside the server's folders"
+    info_after = requests.get(
+        f"{server.url}/datastore/image/info", params={"image": image_id}, timeout=30
+    ).json()
+    assert {k: v for k, v in info_after.items() if k.startswith("emlabel")} == {
+        k: v for k, v in info_before.items() if k.startswith("emlabel")
+    }, "an infer request forged EMLabel's image info"
+    assert (
+        requests.post(f"{server.url}/activelearning/random", json={}, timeout=60).status_code == 200
+    )

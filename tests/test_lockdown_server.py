@@ -218,7 +218,7 @@ def test_empty_tag_and_emlabel_info_keys_are_refused(server, tmp_path):
         data={"info": json.dumps(info)},
         timeout=60,
     )
-    assert r.status_code == 400 and "written by EMLabel only" in r.json()["detail"]
+    assert r.status_code == 400 and "written by the server only" in r.json()["detail"]
     r = requests.get(f"{server.url}/datastore/image/info", params={"image": image_id}, timeout=30)
     assert "emlabel.review" not in r.json()
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -20,16 +19,9 @@ from emlabel.monailabel import runs
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.runs import RunClosedError, process_fields
 from emlabel.monailabel.tasks import StatsFileTrainTask
-from emlabel.settings import AppSettings
+from tests.test_datastore import SHAPE, make_store, write
 
-AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
-SHAPE = (12, 12, 6)
 INFO = "emlabel.aide"
-
-
-def write(path: Path, array: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(array, AFFINE), path)
-    return path
 
 
 def label_with(value: int, tmp_path: Path, name: str) -> str:
@@ -51,11 +43,7 @@ def dead_pid() -> int:
 
 @pytest.fixture
 def store(tmp_path: Path) -> VersionedDatastore:
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    for i in range(2):
-        write(studies / f"img{i}.nii.gz", np.zeros(SHAPE, np.int16))
-    return VersionedDatastore(str(studies), settings=AppSettings(labels=("organ", "lesion")))
+    return make_store(tmp_path)
 
 
 @pytest.fixture

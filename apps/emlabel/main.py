@@ -9,7 +9,7 @@ from monailabel.tasks.activelearning.first import First
 
 import emlabel
 from emlabel.monailabel import app as base
-from emlabel.monailabel.registry import METHODS, MethodContext
+from emlabel.monailabel.registry import build_tasks
 from emlabel.monailabel.review import VerifierStrategy
 from emlabel.monailabel.strategies import RandomStrategy
 
@@ -29,20 +29,19 @@ class EMLabelApp(base.EMLabelAppBase, MONAILabelApp):
             version=emlabel.__version__,
         )
 
-    @property
-    def context(self) -> MethodContext:
-        return MethodContext(model_dir=self.model_dir, settings=self.settings)
+    def _tasks(self, kind: str) -> dict[str, Any]:
+        return build_tasks(kind, model_dir=self.model_dir, settings=self.settings)
 
     def init_infers(self) -> dict[str, Any]:
-        infers = {m.name: m.infer(self.context) for m in METHODS if m.infer is not None}
+        infers = self._tasks("infer")
         return infers | self.bundle_infers(taken=set(infers))
 
     def init_trainers(self) -> dict[str, Any]:
-        trainers = {m.name: m.trainer(self.context) for m in METHODS if m.trainer is not None}
+        trainers = self._tasks("trainer")
         return trainers | self.bundle_trainers(taken=set(trainers))
 
     def init_scoring_methods(self) -> dict[str, Any]:
-        return {name: make(self.context) for m in METHODS for name, make in m.scoring.items()}
+        return self._tasks("scoring")
 
     def init_strategies(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -180,6 +181,47 @@ def header_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
     except Exception as e:  # unreadable header: same message as read_array
         raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
     return read_array(path)[1].shape
+
+
+MAX_IMAGE_VOXELS = 2**27
+"""Largest image a client may upload for infer, before and after resampling to the target
+spacing (2**27 = 512^3 voxels; a 16^3 file with a 300 mm spacing would otherwise resample
+to billions of voxels)."""
+
+
+def check_image_file(path: str | os.PathLike[str], *, target_spacing: Sequence[float]) -> None:
+    """Refuse (422) an uploaded image that is unreadable or too large to process.
+
+    Reads the header first (no voxel data): the voxel count, as stored and as resampled to
+    ``target_spacing`` (count x prod(spacing / target)), must stay within
+    :data:`MAX_IMAGE_VOXELS`; then the data must decompress and read.
+    """
+    shape, header = _label_header(path)
+    spacing = _header_spacing(path, header, len(shape))
+    stored = math.prod(shape)
+    pairs = list(zip(spacing, target_spacing, strict=False))
+    resampled = stored * math.prod(s / t for s, t in pairs if s > 0 and t > 0)
+    if stored > MAX_IMAGE_VOXELS or resampled > MAX_IMAGE_VOXELS:
+        raise InvalidLabelError(
+            f"{Path(path).name}: {stored} voxels ({resampled:.3g} at the target spacing) is more "
+            f"than the {MAX_IMAGE_VOXELS} a request may process"
+        )
+    read_array(path)
+
+
+def _header_spacing(
+    path: str | os.PathLike[str], header: dict[str, Any] | None, ndim: int
+) -> tuple[float, ...]:
+    """Voxel spacing (mm) from a NIfTI or NRRD header (1.0 where the header has none)."""
+    if header is None:  # NIfTI: nibabel reads the zooms from the header only
+        import nibabel as nib
+
+        zooms = nib.load(str(path)).header.get_zooms()
+        return tuple(float(abs(z)) or 1.0 for z in zooms[:ndim])
+    if "space directions" in header:
+        rows = [r for r in header["space directions"] if r is not None and np.all(np.isfinite(r))]
+        return tuple(float(np.linalg.norm(r)) or 1.0 for r in rows)
+    return tuple(float(s) for s in header.get("spacings", [1.0] * ndim))
 
 
 def _label_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], dict[str, Any] | None]:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 
+from emlabel.learners.segmentation import window_inferer
 from emlabel.methods.aide import AIDEOptions, AIDETrainer
 from emlabel.methods.em.items import EMItem
-from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.nets.app import segmentation_unet
 from emlabel.nets.ensemble import PairedSoftmaxEnsemble
 from emlabel.settings import AppSettings
@@ -43,21 +43,14 @@ class AIDELearner(Learner):
         self.trainer: AIDETrainer | None = None
         self._trained = False
 
-    def fit(
-        self,
-        items: Sequence[EMItem],
-        *,
-        epochs: int,
-        seed: int,
-        on_epoch: Callable[[Any], None] | None = None,
-    ) -> dict[str, Any]:
+    def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:
         labeled = [item for item in items if item.label]
         data = load_items(
             [item.as_dict() for item in labeled],
             settings=self.settings,
             multiple_of=self.multiple_of,
         )
-        options = dataclasses.replace(self.options, max_epochs=epochs, seed=seed)
+        options = dataclasses.replace(self.options, max_epochs=spec.epochs, seed=spec.seed)
         self.trainer = AIDETrainer(
             lambda: segmentation_unet(self.settings),
             data.images,
@@ -65,19 +58,17 @@ class AIDELearner(Learner):
             hq_mask=torch.tensor([item.human for item in labeled]),
             options=options,
         )
-        self.trainer.fit(on_epoch=on_epoch)
+        self.trainer.fit(on_epoch=spec.on_epoch)
         self.ensemble = PairedSoftmaxEnsemble(self.trainer.f1, self.trainer.f2).eval()
         self._trained = True
         return {
-            "epochs": epochs,
+            "epochs": spec.epochs,
             "train_images": len(labeled),
             "aide_corrections": len(self.trainer.updates),
         }
 
     def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
-        inferer = SlidingWindowInferer(
-            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
-        )
+        inferer = window_inferer(self.settings)
         out = []
         with torch.no_grad():
             for i in range(data.images.shape[0]):
@@ -90,9 +81,7 @@ class AIDELearner(Learner):
 
     def predict(self, data: LoadedSet) -> list[np.ndarray]:
         """The mean softmax of both networks (what infer ``aide`` serves)."""
-        inferer = SlidingWindowInferer(
-            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
-        )
+        inferer = window_inferer(self.settings)
         c = self.settings.num_classes
         with torch.no_grad():
             return [

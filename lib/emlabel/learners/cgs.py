@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 
+from emlabel.learners.segmentation import window_inferer
 from emlabel.methods.cgs import CGSOptions, CGSTrainer, head_decisions
 from emlabel.methods.em.items import EMItem
-from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.nets.app import cgs_network
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items
@@ -72,14 +72,7 @@ class CGSLearner(Learner):
         self.teacher = cgs_network(settings).eval()
         self._trained = False
 
-    def fit(
-        self,
-        items: Sequence[EMItem],
-        *,
-        epochs: int,
-        seed: int,
-        on_epoch: Callable[[Any], None] | None = None,
-    ) -> dict[str, Any]:
+    def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:
         labeled = [item for item in items if item.label]
         unlabeled = [item for item in items if not item.label]
         if not labeled or not unlabeled:
@@ -93,10 +86,11 @@ class CGSLearner(Learner):
             multiple_of=self.multiple_of,
         )
         n = len(labeled)
-        iterations = epochs * math.ceil(n / self.options.labeled_batch_size)
-        torch.manual_seed(seed)
-        options = dataclasses.replace(self.options, max_iterations=iterations, seed=seed)
+        iterations = spec.epochs * math.ceil(n / self.options.labeled_batch_size)
+        torch.manual_seed(spec.seed)
+        options = dataclasses.replace(self.options, max_iterations=iterations, seed=spec.seed)
         self.trainer = CGSTrainer(cgs_network(self.settings), options)
+        on_epoch = spec.on_epoch
         report = None if on_epoch is None else (lambda _i, stats: on_epoch(stats))
         self.trainer.fit(data.images[:n], data.labels[:n], data.images[n:], on_step=report)
         self.teacher = self.trainer.teacher.eval()
@@ -104,9 +98,7 @@ class CGSLearner(Learner):
         return {"iterations": iterations, "labeled": n, "unlabeled": len(unlabeled)}
 
     def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
-        inferer = SlidingWindowInferer(
-            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
-        )
+        inferer = window_inferer(self.settings)
         heads, k = AllHeads(self.teacher).eval(), self.settings.num_classes - 1
         out = []
         with torch.no_grad():

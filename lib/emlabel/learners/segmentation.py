@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from emlabel.methods.em.items import EMItem
-from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.nets.app import segmentation_unet
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet
@@ -19,6 +19,13 @@ from emlabel.training.supervised import split_items, train_supervised
 
 FLIP_AXES: tuple[tuple[int, ...], ...] = ((), (2,), (3,))
 """The ensemble: the image as it is and its two in-plane flips (undone on the output)."""
+
+
+def window_inferer(settings: AppSettings) -> SlidingWindowInferer:
+    """The sliding window every learner predicts with (the app's patch size and overlap)."""
+    return SlidingWindowInferer(
+        roi_size=settings.roi_size, sw_batch_size=1, overlap=settings.sw_overlap
+    )
 
 
 class SegmentationLearner(Learner):
@@ -33,15 +40,8 @@ class SegmentationLearner(Learner):
         self.network = segmentation_unet(settings).eval()
         self._trained = False
 
-    def fit(
-        self,
-        items: Sequence[EMItem],
-        *,
-        epochs: int,
-        seed: int,
-        on_epoch: Callable[[Any], None] | None = None,
-    ) -> dict[str, Any]:
-        settings = dataclasses.replace(self.settings, seed=seed)
+    def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:
+        settings = dataclasses.replace(self.settings, seed=spec.seed)
         train, val = split_items(
             [item.as_dict() for item in items if item.label],
             val_fraction=settings.val_fraction,
@@ -52,20 +52,18 @@ class SegmentationLearner(Learner):
             train,
             val,
             settings=settings,
-            max_epochs=epochs,
-            on_epoch=on_epoch,
+            max_epochs=spec.epochs,
+            on_epoch=spec.on_epoch,
         )
         self.load_state_dict(result.state_dict)
         return {
-            "epochs": epochs,
+            "epochs": spec.epochs,
             "best_val_dice": result.best_val_dice,
             "train_images": len(train),
         }
 
     def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
-        inferer = SlidingWindowInferer(
-            roi_size=self.settings.roi_size, sw_batch_size=1, overlap=self.settings.sw_overlap
-        )
+        inferer = window_inferer(self.settings)
         out = []
         with torch.no_grad():
             for i in range(data.images.shape[0]):

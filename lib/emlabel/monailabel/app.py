@@ -21,6 +21,7 @@ from emlabel.data.validation import check_image_id
 from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.http import http_errors, to_http
+from emlabel.monailabel.infer_options import check_infer_options
 from emlabel.settings import AppSettings, parse_settings
 
 logger = logging.getLogger(__name__)
@@ -171,8 +172,8 @@ class EMLabelAppBase(MONAILabelApp):
         Any other absolute path is refused without looking at it, so the answer never
         tells a client whether a file exists elsewhere on the server.
         """
-        if not isinstance(image, str):
-            return
+        if not isinstance(image, str) or not image:
+            raise InvalidRequestError("image must be an image id (a non-empty string)")
         datastore = self.datastore()
         if isinstance(datastore, VersionedDatastore) and not os.path.isabs(image):
             datastore.require_image(image)
@@ -217,7 +218,8 @@ class EMLabelAppBase(MONAILabelApp):
         request = dict(request)
         model = request.get("model")
         self.check_name("model", model, self._infers)
-        check_logging_level(request.get("logging"))
+        if "logging" in request:
+            check_infer_options({"logging": request["logging"]})
         if not trusted_image:
             self.resolve_image(request.get("image"))
         task = self._infers[model]
@@ -327,17 +329,6 @@ class EMLabelAppBase(MONAILabelApp):
 
         install_request_guards()
         install_gate(self)  # CORS, body cap, tokens and roles; refuses 0.0.0.0 without auth
-
-
-LOGGING_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL"})
-
-
-def check_logging_level(level: Any) -> None:
-    """400 for a ``logging`` request option that is not a Python logging level name."""
-    if level is not None and str(level).upper() not in LOGGING_LEVELS:
-        raise InvalidRequestError(
-            f"logging level {level!r} is not valid; use one of {', '.join(sorted(LOGGING_LEVELS))}"
-        )
 
 
 def as_http(error: EMLabelError) -> HTTPException:

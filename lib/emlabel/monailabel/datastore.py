@@ -270,12 +270,25 @@ class VersionedDatastore(LocalDatastore):
         path = self._datastore_config_path
         if not os.path.exists(path):
             return
-        ts = os.stat(path).st_mtime
-        if ts != self._config_ts:
+        stat = os.stat(path)
+        # (inode, size, mtime ns): a rename always brings a new inode, so two writes within
+        # one mtime tick are still told apart (mtime alone missed about 1 in 200).
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if stamp != getattr(self, "_index_stamp", None):
             with open(path) as fh:
                 self._datastore = LocalDatastoreModel.model_validate_json(fh.read())
             self._datastore.base_path = str(self.studies_path)
-            self._config_ts = ts
+            self._index_stamp, self._config_ts = stamp, stat.st_mtime
+
+    def _add_non_existing_labels(self, tag: str) -> int:
+        """Stock reconcile adds label files found on disk; never for EMLabel's version tags.
+
+        A ``<name>-vNNN`` file missing from the index is a write that crashed before its
+        index entry (or a pending run's file): it stays on disk, ignored, never served.
+        """
+        if is_version_tag(tag):
+            return 0
+        return super()._add_non_existing_labels(tag)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         """Write ``datastore_v2.json`` atomically (stock MONAI Label truncates in place)."""
@@ -286,7 +299,9 @@ class VersionedDatastore(LocalDatastore):
             atomic_write_with(
                 lambda tmp: tmp.write_text(data), self._datastore_config_path, tmp_dir=self._tmp_dir
             )
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+            stat = os.stat(self._datastore_config_path)
+            self._index_stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            self._config_ts = stat.st_mtime
 
         if lock:
             with FileLock(self._lock_file):

@@ -255,8 +255,10 @@ class Gate:
         max_body_bytes: int,
         rules: tuple[RouteRule, ...] | None = None,
         check_host: bool | None = None,
+        origins: tuple[str, ...] | None = None,
     ) -> None:
         self.app = app
+        self.origins = None if origins is None else frozenset(origins)
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.rules = rules if rules is not None else compile_rules()
@@ -281,6 +283,14 @@ class Gate:
                 if int(length) > self.max_body_bytes:
                     await _send_json(send, 413, self.body_detail, {"connection": "close"})
                     return
+
+        if kind == "http" and self._cross_site_write(scope, headers):
+            await self._refuse(
+                scope, receive, send, 403,
+                "cross-site request refused: a page from another origin may not change this "
+                "server (add its origin to the setting 'cors_origins' if it should)",
+            )  # fmt: skip
+            return
 
         if self.check_host and not _host_allowed(headers.get("host")):
             await self._refuse(
@@ -310,6 +320,19 @@ class Gate:
             if not cap.cut:
                 raise
             logger.info("EMLabel: request body over the cap cut off after %d bytes", cap.received)
+
+    def _cross_site_write(self, scope: Scope, headers: Headers) -> bool:
+        """An unsafe method sent by a browser page of a foreign origin (CSRF).
+
+        CORS only hides the answer from such a page; a "simple" POST still runs. Browsers
+        send ``Origin`` (and ``Sec-Fetch-Site``) with them; other clients send neither.
+        """
+        if self.origins is None or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return False
+        origin = headers.get("origin")
+        if origin is not None:
+            return normalize_origin(origin) not in self.origins
+        return headers.get("sec-fetch-site") == "cross-site"
 
     def _authorize(
         self, scope: Scope, headers: Headers
@@ -499,7 +522,9 @@ def install_gate(instance: Any = None) -> None:
     )
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     stack = app.build_middleware_stack()
-    gate = Gate(stack, auth=auth, max_body_bytes=settings.max_upload_mb << 20)
+    gate = Gate(
+        stack, auth=auth, max_body_bytes=settings.max_upload_mb << 20, origins=tuple(origins)
+    )
     app.middleware_stack = CORSMiddleware(
         gate,
         allow_origins=origins,

@@ -1,32 +1,32 @@
 """The app's methods in one table: name, model file, infer task, trainer, scoring, inputs.
 
 ``apps/emlabel/main.py`` builds its tasks by looping over :data:`METHODS`; a new method is
-one entry here (plus its learner or trainer in the library). ``depends_on`` names the
-models a method reads besides its own (AIDE and EM read the ``segmentation`` model).
+one entry here (plus its learner or trainer in the library). A task is named by its class
+(``module:Class``, imported when the app starts) and built with ``model_path`` (the
+method's model file), ``settings`` and, for infer tasks and trainers, ``description``;
+``inputs`` adds keyword arguments naming other methods' model files (AIDE reads the
+``segmentation`` model to pseudo-label unlabeled images).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import importlib
 from pathlib import Path
 from typing import Any
 
 from emlabel.settings import AppSettings
 
-Factory = Callable[["MethodContext"], Any]
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """A MONAI Label task class and how to build it."""
 
-@dataclasses.dataclass(frozen=True)
-class MethodContext:
-    """What a task factory gets: the model folder and the app's settings."""
-
-    model_dir: Path
-    settings: AppSettings
-
-    def model(self, name: str) -> str:
-        """Path of method ``name``'s model file."""
-        return str(self.model_dir / METHOD_BY_NAME[name].model_file)
+    cls: str
+    """``module:Class``."""
+    description: str | None = None
+    inputs: tuple[tuple[str, str], ...] = ()
+    """(keyword, method) pairs: the keyword gets that method's model file path."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,139 +35,52 @@ class MethodSpec:
 
     name: str
     model_file: str
-    description: str
-    infer: Factory | None = None
-    trainer: Factory | None = None
-    scoring: dict[str, Factory] = dataclasses.field(default_factory=dict)
-    depends_on: tuple[str, ...] = ()
+    infer: TaskSpec | None = None
+    trainer: TaskSpec | None = None
+    scoring: tuple[tuple[str, TaskSpec], ...] = ()
+    """(scoring method name, task): scoring reads this method's model."""
 
 
-def _segmentation_infer(ctx: MethodContext, name: str, description: str) -> Any:
-    from emlabel.monailabel.infer import SegmentationInfer
-
-    return SegmentationInfer(
-        model_path=ctx.model(name), settings=ctx.settings, description=description
-    )
+def _task(cls: str, description: str | None = None, **inputs: str) -> TaskSpec:
+    return TaskSpec(cls=cls, description=description, inputs=tuple(inputs.items()))
 
 
-def _segmentation_trainer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.train import SegmentationTrainer
-
-    return SegmentationTrainer(
-        model_path=ctx.model("segmentation"), settings=ctx.settings,
-        description="Supervised training on the best available label of each image",
-    )  # fmt: skip
-
-
-def _aide_infer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.aide import AIDEInfer
-
-    return AIDEInfer(
-        model_path=ctx.model("aide"), settings=ctx.settings,
-        description="AIDE: mean of two cross-correcting UNets; reports their disagreement",
-    )  # fmt: skip
-
-
-def _aide_trainer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.aide import AIDETrainer3D
-
-    return AIDETrainer3D(
-        model_path=ctx.model("aide"), segmentation_model_path=ctx.model("segmentation"),
-        settings=ctx.settings,
-        description="AIDE: two networks correct noisy labels; corrections become versions",
-    )  # fmt: skip
-
-
-def _cgs_infer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.cgs import CGSInfer
-
-    return CGSInfer(
-        model_path=ctx.model("cgs"), settings=ctx.settings,
-        description="CGS generalist head (a plain U-Net) trained with specialist heads",
-    )  # fmt: skip
-
-
-def _cgs_trainer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.cgs import CGSTrainTask
-
-    return CGSTrainTask(
-        model_path=ctx.model("cgs"), settings=ctx.settings,
-        description="CGS: generalist + one specialist head per structure, semi-supervised",
-    )  # fmt: skip
-
-
-def _ihed(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.cgs import IHEDScoring
-
-    return IHEDScoring(model_path=ctx.model("cgs"), settings=ctx.settings)
-
-
-def _stats_trainer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.stats import StatsTrainTask
-
-    return StatsTrainTask(
-        model_path=ctx.model("stats"), settings=ctx.settings,
-        description="Learn masks from per-structure volumes and a few clicked voxels",
-    )  # fmt: skip
-
-
-def _em_trainer(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.em import EMTrainTask
-
-    return EMTrainTask(
-        model_path=ctx.model("em"), settings=ctx.settings,
-        description="EM relabeling: verifier + expert correct labels, then retrain a learner",
-    )  # fmt: skip
-
-
-def _verifier(ctx: MethodContext) -> Any:
-    from emlabel.monailabel.em import VerifierScoring
-
-    return VerifierScoring(model_path=ctx.model("segmentation"), settings=ctx.settings)
-
-
+_M = "emlabel.monailabel."
+# One line per method (read across): name, model file, infer, trainer, scoring.
+# fmt: off
 METHODS: tuple[MethodSpec, ...] = (
-    MethodSpec(
-        name="segmentation",
-        model_file="segmentation.pt",
-        description="3D UNet segmentation of every structure in the label map",
-        infer=lambda ctx: _segmentation_infer(
-            ctx, "segmentation", "3D UNet segmentation of every structure in the label map"
-        ),
-        trainer=_segmentation_trainer,
-    ),
-    MethodSpec(
-        name="aide",
-        model_file="aide.pt",
-        description="AIDE: two cross-correcting networks",
-        infer=_aide_infer,
-        trainer=_aide_trainer,
-        depends_on=("segmentation",),
-    ),
-    MethodSpec(
-        name="cgs",
-        model_file="cgs.pt",
-        description="CGS: generalist + specialist heads",
-        infer=_cgs_infer,
-        trainer=_cgs_trainer,
-        scoring={"ihed": _ihed},
-    ),
-    MethodSpec(
-        name="stats",
-        model_file="stats.pt",
-        description="Masks from summary statistics and clicks",
-        infer=lambda ctx: _segmentation_infer(
-            ctx, "stats", "UNet learned from per-structure volumes and a few clicks"
-        ),
-        trainer=_stats_trainer,
-    ),
-    MethodSpec(
-        name="em",
-        model_file="em.pt",
-        description="EM relabeling over a learner (its model is the learner's)",
-        trainer=_em_trainer,
-        scoring={"verifier": _verifier},
-        depends_on=("segmentation", "aide", "cgs"),
-    ),
+    MethodSpec(name="segmentation", model_file="segmentation.pt", infer=_task(_M + "infer:SegmentationInfer", "3D UNet segmentation of every structure in the label map"), trainer=_task(_M + "train:SegmentationTrainer", "Supervised training on the best available label of each image"), scoring=(("verifier", _task(_M + "em:VerifierScoring")),)),
+    MethodSpec(name="aide", model_file="aide.pt", infer=_task(_M + "aide:AIDEInfer", "AIDE: mean of two cross-correcting UNets; reports their disagreement"), trainer=_task(_M + "aide:AIDETrainer3D", "AIDE: two networks correct noisy labels; corrections become versions", segmentation_model_path="segmentation")),
+    MethodSpec(name="cgs", model_file="cgs.pt", infer=_task(_M + "cgs:CGSInfer", "CGS generalist head (a plain U-Net) trained with specialist heads"), trainer=_task(_M + "cgs:CGSTrainTask", "CGS: generalist + one specialist head per structure, semi-supervised"), scoring=(("ihed", _task(_M + "cgs:IHEDScoring")),)),
+    MethodSpec(name="stats", model_file="stats.pt", infer=_task(_M + "infer:SegmentationInfer", "UNet learned from per-structure volumes and a few clicks"), trainer=_task(_M + "stats:StatsTrainTask", "Learn masks from per-structure volumes and a few clicked voxels")),
+    MethodSpec(name="em", model_file="em.pt", trainer=_task(_M + "em:EMTrainTask", "EM relabeling: verifier + expert correct labels, then retrain a learner")),  # em.pt: its train stats; it publishes its learner's model
 )
+# fmt: on
 METHOD_BY_NAME: dict[str, MethodSpec] = {m.name: m for m in METHODS}
+
+
+def build_task(
+    spec: TaskSpec, method: MethodSpec, *, model_dir: Path, settings: AppSettings
+) -> Any:
+    """Import ``spec.cls`` and build it for ``method``."""
+    module, _, name = spec.cls.partition(":")
+    kwargs: dict[str, Any] = {
+        "model_path": str(model_dir / method.model_file),
+        "settings": settings,
+    }
+    if spec.description is not None:
+        kwargs["description"] = spec.description
+    for keyword, other in spec.inputs:
+        kwargs[keyword] = str(model_dir / METHOD_BY_NAME[other].model_file)
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def build_tasks(kind: str, *, model_dir: Path, settings: AppSettings) -> dict[str, Any]:
+    """Every method's ``infer``, ``trainer`` or ``scoring`` tasks, by task name."""
+    tasks: dict[str, Any] = {}
+    for method in METHODS:
+        specs = method.scoring if kind == "scoring" else ((method.name, getattr(method, kind)),)
+        for name, spec in specs:
+            if spec is not None:
+                tasks[name] = build_task(spec, method, model_dir=model_dir, settings=settings)
+    return tasks

@@ -32,7 +32,14 @@ class RandomStrategy(Strategy):
         now = int(time.time())
         weights = []
         for image in images:
-            served = datastore.get_image_info(image).get("strategy", {}).get(strategy, {})
-            weights.append(1 + max(0, now - int(served.get("ts", 0))))
+            weights.append(1 + max(0, now - _served_at(datastore.get_image_info(image), strategy)))
         choice = self._rng.choices(range(len(images)), weights=weights)[0]
         return {"id": images[choice], "weight": weights[choice]}
+
+
+def _served_at(info: Any, strategy: str) -> int:
+    """When ``strategy`` last served the image (0: never, or unreadable info)."""
+    try:
+        return int(info.get("strategy", {}).get(strategy, {}).get("ts", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0

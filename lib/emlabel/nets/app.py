@@ -19,21 +19,20 @@ def segmentation_unet(settings: AppSettings) -> torch.nn.Module:
     )
 
 
+def _cgs_size(settings: AppSettings) -> dict:
+    return {
+        "spatial_dims": 3,
+        "num_classes": settings.num_classes,
+        "channels": settings.cgs_channels,
+        "feature_channels": settings.cgs_feature_channels,
+    }
+
+
 def cgs_network(settings: AppSettings) -> CGSNet:
     """The CGS U-Net with its generalist and specialist heads."""
-    return build_cgs_net(
-        spatial_dims=3,
-        num_classes=settings.num_classes,
-        channels=settings.cgs_channels,
-        feature_channels=settings.cgs_feature_channels,
-    )
+    return build_cgs_net(**_cgs_size(settings))
 
 
 def cgs_serving_network(settings: AppSettings) -> torch.nn.Module:
     """The generalist-only U-Net infer ``cgs`` serves (a plain MONAI BasicUNet)."""
-    return build_plain_unet(
-        spatial_dims=3,
-        num_classes=settings.num_classes,
-        channels=settings.cgs_channels,
-        feature_channels=settings.cgs_feature_channels,
-    )
+    return build_plain_unet(**_cgs_size(settings))

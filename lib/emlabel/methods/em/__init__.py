@@ -8,7 +8,7 @@ from emlabel.methods.em.critic import Critic, CriticRun
 from emlabel.methods.em.decide import Action, Decision, decide
 from emlabel.methods.em.estep import EStepResult, e_step, majority
 from emlabel.methods.em.items import EMItem
-from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.methods.em.loop import Correction, EMLoop, EMResult, save_on_image_grid
 from emlabel.methods.em.options import EMOptions
 from emlabel.methods.em.reviews import operating_point, review_record, structure_reviews
@@ -26,6 +26,7 @@ __all__ = [
     "EMOptions",
     "EMResult",
     "EStepResult",
+    "FitSpec",
     "Learner",
     "decide",
     "e_step",

@@ -108,13 +108,5 @@ class Critic:
             i: verifier.score_image(list(features[i].values()), population, image_id=i)
             for i in machine
         }
-        return CriticRun(
-            data=data,
-            machine_ids=machine,
-            members=members,
-            features=features,
-            verdicts=verdicts,
-            population=population,
-            verifier=verifier,
-            tags={item.id: item.tag for item in labeled},
-        )
+        tags = {item.id: item.tag for item in labeled}
+        return CriticRun(data, machine, members, features, verdicts, population, verifier, tags)

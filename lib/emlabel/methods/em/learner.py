@@ -9,6 +9,7 @@ live in :mod:`emlabel.learners`; each wraps a trainer on :mod:`emlabel.training.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -17,6 +18,15 @@ import torch
 
 from emlabel.methods.em.items import EMItem
 from emlabel.training.loading import LoadedSet
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitSpec:
+    """How long and with which seed one M-step trains, and who hears of each epoch."""
+
+    epochs: int
+    seed: int
+    on_epoch: Callable[[Any], None] | None = None
 
 
 class Learner(abc.ABC):
@@ -32,14 +42,7 @@ class Learner(abc.ABC):
     """True when it learns from unlabeled images itself (the loop then adds no pseudo-labels)."""
 
     @abc.abstractmethod
-    def fit(
-        self,
-        items: Sequence[EMItem],
-        *,
-        epochs: int,
-        seed: int,
-        on_epoch: Callable[[Any], None] | None = None,
-    ) -> dict[str, Any]:
+    def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:
         """Train from scratch on ``items`` (labeled; unlabeled too if semi-supervised)."""
 
     @abc.abstractmethod

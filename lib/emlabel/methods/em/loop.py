@@ -22,7 +22,7 @@ from emlabel.methods.em.critic import Critic, CriticRun
 from emlabel.methods.em.decide import Action, Decision
 from emlabel.methods.em.estep import e_step
 from emlabel.methods.em.items import EMItem
-from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.methods.em.options import EMOptions
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
@@ -116,7 +116,7 @@ class EMLoop:
             )
             train += pseudo
             n_pseudo = len(pseudo)
-        stats = self.learner.fit(train, epochs=self.options.epochs, seed=self.options.seed)
+        stats = self.learner.fit(train, FitSpec(epochs=self.options.epochs, seed=self.options.seed))
         return stats | {"pseudo_labels": n_pseudo}
 
     def run(self, items: Sequence[EMItem], *, first_iteration: int = 1) -> EMResult:

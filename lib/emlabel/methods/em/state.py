@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 
-@dataclasses.dataclass(frozen=True)
 class EMFiles:
     """The EM loop's files in the model folder."""
 
-    model_dir: Path
-
-    @property
-    def reviews(self) -> Path:
-        return self.model_dir / "em_reviews.json"
-
-    @property
-    def state(self) -> Path:
-        return self.model_dir / "em_state.json"
-
-    @property
-    def roc_json(self) -> Path:
-        return self.model_dir / "em_roc.json"
-
-    @property
-    def roc_png(self) -> Path:
-        return self.model_dir / "em_roc.png"
+    def __init__(self, model_dir: str | Path) -> None:
+        self.model_dir = Path(model_dir)
+        self.reviews = self.model_dir / "em_reviews.json"
+        self.state = self.model_dir / "em_state.json"
+        self.roc_json = self.model_dir / "em_roc.json"
+        self.roc_png = self.model_dir / "em_roc.png"
 
     @staticmethod
     def read(path: Path, default: Any) -> Any:

@@ -1,6 +1,6 @@
 """EMLabel's routes, put ahead of MONAI Label's stock routes of the same paths.
 
-Each module lists ``(method, path, handler, summary)``; :func:`install_request_guards`
+Each module's ``ROUTES`` maps method -> path -> handler; :func:`install_request_guards`
 turns them into FastAPI routes at the front of the running server's router, so they
 answer first. Handlers are plain functions (FastAPI runs them in its thread pool, never
 on the event loop) that turn EMLabel's errors into their 4xx status.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from fastapi.routing import APIRoute
 from monailabel.config import settings
@@ -22,21 +23,25 @@ INSTALLED_TAG = "emlabel_route"
 MODULES = (datastore, infer, models, jobs, extras)
 
 
+def summary(handler: Any) -> str:
+    """The first line of a handler's docstring (the route's summary in the API explorer)."""
+    doc = (getattr(handler, "__doc__", None) or "").strip()
+    first = doc.splitlines()[0] if doc else ""
+    if first.startswith("``") and ": " in first:  # "``PUT /path``: what it does"
+        first = first.split(": ", 1)[1]
+    return first[:1].upper() + first[1:]
+
+
 def emlabel_routes() -> list[APIRoute]:
     """Every EMLabel route, in the order they are matched."""
     prefix = settings.MONAI_LABEL_API_STR
     return [
-        APIRoute(
-            prefix + path,
-            handler,
-            methods=[method],
-            name=INSTALLED_TAG,
-            summary=summary,
-            tags=["EMLabel"],
-        )
+        APIRoute(prefix + path, handler, methods=[method], name=INSTALLED_TAG,
+                 summary=summary(handler), tags=["EMLabel"])
         for module in MODULES
-        for method, path, handler, summary in module.routes()
-    ]
+        for method, paths in module.ROUTES.items()
+        for path, handler in paths.items()
+    ]  # fmt: skip
 
 
 def install_request_guards() -> None:

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import file_checksum, get_mime_type
 
-from emlabel.data.validation import check_image_id
+from emlabel.data.validation import check_image_file, check_image_id
 from emlabel.errors import InvalidRequestError, NotFoundError
 from emlabel.labels.versions import FINAL_TAG
 from emlabel.monailabel.http import http_errors
@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 #: Image-info keys only EMLabel writes (reviews, verifier scores, statistics history, ...).
 RESERVED_INFO_PREFIX = "emlabel"
+#: Info keys MONAI Label itself keeps (served-by-strategy times, file time and name).
+RESERVED_INFO_KEYS = frozenset({"strategy", "ts", "name"})
+
+
+CHECKSUM_ALGORITHMS = ("SHA256", "SHA1", "MD5")
 
 
 def _datastore() -> Any:
@@ -49,10 +54,13 @@ def _require_image(image_id: str) -> str:
 
 
 def _check_info(info: dict[str, Any], what: str) -> dict[str, Any]:
-    reserved = sorted(k for k in info if str(k).startswith(RESERVED_INFO_PREFIX))
+    reserved = sorted(
+        k for k in info if str(k).startswith(RESERVED_INFO_PREFIX) or k in RESERVED_INFO_KEYS
+    )
     if reserved:
         raise InvalidRequestError(
-            f"{what} keys {reserved} are written by EMLabel only (reviews, scores, statistics)"
+            f"{what} keys {reserved} are written by the server only (reviews, scores, "
+            "statistics, strategy times, file names)"
         )
     return info
 
@@ -97,6 +105,7 @@ def add_image(
     if user is not None:
         info["user"] = user
     with staged_upload(file, max_bytes=max_upload_bytes()) as path:
+        check_image_file(path, target_spacing=app_instance().settings.target_spacing)
         name = os.path.basename(file.filename or "")
         image_id = image or name.split(".")[0]
         stored = _datastore().add_image(image_id, str(path), info)
@@ -161,7 +170,12 @@ def get_image(request: Request, image: str, check_sum: str | None = None) -> Any
     if request.method == "HEAD":
         if check_sum:
             algo, _, digest = check_sum.rpartition(":")
-            if digest != file_checksum(path, algo=algo or "SHA256"):
+            algo = algo.upper() or "SHA256"
+            if algo not in CHECKSUM_ALGORITHMS:
+                raise InvalidRequestError(
+                    f"checksum algorithm {algo!r} is not one of {', '.join(CHECKSUM_ALGORITHMS)}"
+                )
+            if digest != file_checksum(path, algo=algo):
                 raise NotFoundError(f"image '{image}' does not match checksum {check_sum}")
         return {}
     return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
@@ -200,21 +214,12 @@ def listing(output: str | None = None) -> Any:
     return stock_listing(kind)
 
 
-def routes() -> list[tuple[str, str, Any, str]]:
-    """(method, path, handler, summary) for the router."""
-    return [
-        ("GET", "/datastore/", http_errors(listing), "Images and labels of the datastore"),
-        ("PUT", "/datastore/label", save_label, "Save a label (a new version; finals are human)"),
-        ("PUT", "/datastore/image", add_image, "Upload a new image"),
-        ("PUT", "/datastore/", add_image, "Upload a new image (deprecated path)"),
-        ("DELETE", "/datastore/label", remove_label, "Delete a label (kept as a deleted version)"),
-        ("DELETE", "/datastore/image", remove_image, "Delete an image without labels (kept aside)"),
-        ("DELETE", "/datastore/", remove_image, "Delete an image (deprecated path)"),
-        ("PUT", "/datastore/image/info", put_image_info, "Update image info"),
-        ("PUT", "/datastore/label/info", put_label_info, "Update label info"),
-        ("PUT", "/datastore/updatelabelinfo", put_label_info_deprecated, "Update label info"),
-        ("GET", "/datastore/image", get_image, "Download an image"),
-        ("HEAD", "/datastore/image", get_image, "Check an image exists"),
-        ("GET", "/datastore/label", get_label, "Download a label"),
-        ("HEAD", "/datastore/label", head_label, "Check a label exists"),
-    ]
+ROUTES: dict[str, dict[str, Any]] = {
+    "GET": {"/datastore/": http_errors(listing), "/datastore/image": get_image, "/datastore/label": get_label},
+    "HEAD": {"/datastore/image": get_image, "/datastore/label": head_label},
+    "PUT": {"/datastore/label": save_label, "/datastore/image": add_image, "/datastore/": add_image,
+            "/datastore/image/info": put_image_info, "/datastore/label/info": put_label_info,
+            "/datastore/updatelabelinfo": put_label_info_deprecated},
+    "DELETE": {"/datastore/label": remove_label, "/datastore/image": remove_image, "/datastore/": remove_image},
+}  # fmt: skip
+"""method -> path -> handler (the handler's first docstring line is the route's summary)."""

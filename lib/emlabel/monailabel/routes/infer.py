@@ -16,8 +16,10 @@ from fastapi import BackgroundTasks, File, Form, Request, UploadFile
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.utils.app import app_instance
 
+from emlabel.data.validation import check_image_file
 from emlabel.errors import InvalidRequestError, NotFoundError
 from emlabel.monailabel.http import http_errors
+from emlabel.monailabel.infer_options import check_infer_options
 from emlabel.monailabel.routes.common import (
     max_upload_bytes,
     parse_json_object,
@@ -40,7 +42,7 @@ def run_inference(
 ) -> Any:
     """Run infer task ``model`` on a datastore image id, an uploaded file or a session."""
     instance = app_instance()
-    options = parse_json_object(params, "params")
+    options = check_infer_options(parse_json_object(params, "params"))
     instance.check_name("model", model, instance._infers)
     remote = instance.studies.startswith(("http://", "https://"))
     if output == ResultType.dicom_seg and not remote:
@@ -56,6 +58,7 @@ def run_inference(
         limit = max_upload_bytes()
         if file:
             req["image"] = str(stack.enter_context(staged_upload(file, max_bytes=limit)))
+            check_image_file(req["image"], target_spacing=instance.settings.target_spacing)
             trusted = True
         if label:
             if label.filename and label.filename.endswith(".bin"):
@@ -83,5 +86,4 @@ def run_inference(
         return send_response(instance.datastore(), result, output, background_tasks)
 
 
-def routes() -> list[tuple[str, str, Any, str]]:
-    return [("POST", "/infer/{model}", run_inference, "Run inference with a served model")]
+ROUTES: dict[str, dict[str, Any]] = {"POST": {"/infer/{model}": run_inference}}

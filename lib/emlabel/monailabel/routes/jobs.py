@@ -20,7 +20,11 @@ from monailabel.interfaces.utils.app import app_instance
 
 from emlabel.errors import InvalidRequestError
 from emlabel.monailabel.http import http_errors
+from emlabel.monailabel.infer_options import check_infer_options
 from emlabel.monailabel.routes.common import user_of
+
+BATCH_KEYS = ("max_workers", "max_batch_size", "multi_gpu", "gpus")
+"""Batch options besides the infer options (GPU choices are ignored: CPU)."""
 
 
 def _refuse_sync(run_sync: bool | None, what: str) -> None:
@@ -70,10 +74,14 @@ def run_batch_infer(
     _refuse_sync(run_sync, "batch infer")
     instance = app_instance()
     instance.check_name("model", model, instance._infers)
-    from emlabel.monailabel.app import check_logging_level
-
     params = dict(params or {})
-    check_logging_level(params.get("logging"))
+    batch = {k: params.pop(k) for k in BATCH_KEYS if k in params}
+    for key in ("max_workers", "max_batch_size"):
+        if key in batch and (not isinstance(batch[key], int) or not 0 <= batch[key] <= 10_000):
+            raise InvalidRequestError(f"batch option '{key}' must be a whole number 0..10000")
+    params = check_infer_options(params) | {
+        k: v for k, v in batch.items() if k in ("max_workers", "max_batch_size")
+    }
     params.setdefault("device", "cpu")
     params.setdefault("multi_gpu", False)
     return stock_batch.run(model, images, params, False)
@@ -85,11 +93,7 @@ def next_sample(request: Request, strategy: str, params: dict | None = None) -> 
     return stock_activelearning.sample(strategy, params, user_of(request))
 
 
-def routes() -> list[tuple[str, str, Any, str]]:
-    return [
-        ("POST", "/train/{model}", train_model, "Start a trainer (options checked first)"),
-        ("POST", "/train/", train_all, "Refused: name one trainer"),
-        ("POST", "/scoring/{method}", run_scoring, "Start a scoring method"),
-        ("POST", "/batch/infer/{model}", run_batch_infer, "Infer every image (machine versions)"),
-        ("POST", "/activelearning/{strategy}", next_sample, "Next image to annotate"),
-    ]
+ROUTES: dict[str, dict[str, Any]] = {
+    "POST": {"/train/{model}": train_model, "/train/": train_all, "/scoring/{method}": run_scoring,
+             "/batch/infer/{model}": run_batch_infer, "/activelearning/{strategy}": next_sample},
+}  # fmt: skip

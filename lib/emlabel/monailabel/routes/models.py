@@ -14,14 +14,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import File, UploadFile
 from monailabel.interfaces.utils.app import app_instance
 
-from emlabel.atomic import atomic_copy
-from emlabel.checkpoints import check_fits, file_sha256, keep_model_version
+from emlabel.checkpoints import (
+    MODEL_KEY,
+    check_fits,
+    file_sha256,
+    keep_model_version,
+    model_versions,
+    publish_checkpoint,
+)
 from emlabel.errors import InvalidRequestError, NotFoundError
+from emlabel.labels.provenance import now_iso
+from emlabel.learners.cgs import FULL_MODEL_KEY
 from emlabel.monailabel.http import http_errors
 from emlabel.monailabel.routes.common import max_upload_bytes, staged_upload
+from emlabel.settings import settings_to_dict
 
 
 def _checkpoint_task(model: str) -> tuple[Any, Path]:
@@ -44,9 +54,21 @@ def put_model(model: str, file: UploadFile = File(...)) -> dict[str, Any]:
     """Replace a model with an uploaded checkpoint that loads safely into its network."""
     task, target = _checkpoint_task(model)
     with staged_upload(file, max_bytes=max_upload_bytes(), default_suffix=".pt") as path:
-        check_fits(path, copy.deepcopy(task.network).cpu())
-        kept = keep_model_version(target, reason=f"replaced by PUT /model/{model}")
-        atomic_copy(path, target)
+        payload = check_fits(path, copy.deepcopy(task.network).cpu())
+    state = payload.get(MODEL_KEY, payload)
+    extra = {
+        key: value
+        for key, value in payload.items()
+        if key == FULL_MODEL_KEY and isinstance(value, dict)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    }  # fmt: skip
+    settings = app_instance().settings
+    # The client's metadata is not kept (it is untrusted and read by exports): the server's.
+    meta = {"method": model, "source": "upload", "uploaded_at": now_iso(),
+            "labels": list(settings.labels), "settings": settings_to_dict(settings)}  # fmt: skip
+    existed = target.is_file()
+    publish_checkpoint(target, state, meta, extra=extra)  # keeps the replaced file first
+    kept = model_versions(target)[-1] if existed else None
     return {
         "checksum": f"SHA256:{file_sha256(target)}",
         "modified_time": int(os.stat(target).st_mtime),
@@ -65,8 +87,7 @@ def delete_model(model: str) -> dict[str, Any]:
     return {"kept_as": kept.name if kept else None}
 
 
-def routes() -> list[tuple[str, str, Any, str]]:
-    return [
-        ("PUT", "/model/{model}", put_model, "Replace a model with a safe checkpoint"),
-        ("DELETE", "/model/{model}", delete_model, "Stop serving a model (kept as a version)"),
-    ]
+ROUTES: dict[str, dict[str, Any]] = {
+    "PUT": {"/model/{model}": put_model},
+    "DELETE": {"/model/{model}": delete_model},
+}
