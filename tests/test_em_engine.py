@@ -166,3 +166,15 @@ def test_em_loop_on_demo_files_writes_new_files_only(tiny_demo_template, tmp_pat
         assert written.shape == image.shape and np.allclose(written.affine, image.affine)
     assert {p: sha(p) for p in before} == before  # the items' files are never touched
     assert loop.learner.trained and loop.learner.state_dict()
+
+
+def test_two_members_are_two_candidates_not_their_agreement():
+    from emlabel.methods.em import model_candidates
+
+    a = np.array([[1, 1, 0, 2]], np.uint8)
+    b = np.array([[0, 1, 2, 1]], np.uint8)
+    two = model_candidates([a, b])
+    assert set(two) == {"model_1", "model_2"}
+    assert np.array_equal(two["model_1"], a) and np.array_equal(two["model_2"], b)
+    three = model_candidates([a, b, b])
+    assert set(three) == {"model"} and np.array_equal(three["model"], b)

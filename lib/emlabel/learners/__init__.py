@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from emlabel.checkpoints import load_payload
@@ -11,6 +12,8 @@ from emlabel.learners.cgs import FULL_MODEL_KEY, CGSLearner
 from emlabel.learners.segmentation import SegmentationLearner
 from emlabel.methods.em.learner import Learner
 from emlabel.settings import AppSettings
+
+logger = logging.getLogger(__name__)
 
 LEARNERS: dict[str, type[Learner]] = {
     cls.name: cls for cls in (SegmentationLearner, AIDELearner, CGSLearner)
@@ -32,9 +35,16 @@ def load_learner(name: str, *, settings: AppSettings, model_dir: Path) -> Learne
     """A learner with its published model (``model_dir / model_file``) loaded, if there is one."""
     learner = make_learner(name, settings=settings)
     path = Path(model_dir) / learner.model_file
-    if path.exists():
-        payload = load_payload(path)
-        learner.load_state_dict(payload.get(FULL_MODEL_KEY, payload["model"]))
+    if not path.exists():
+        return learner
+    payload = load_payload(path)
+    if learner.name == CGSLearner.name and FULL_MODEL_KEY not in payload:
+        logger.warning("%s has no full CGS teacher (uploaded?): %s starts untrained", path, name)
+        return learner
+    try:
+        learner.load_state_dict(payload.get(FULL_MODEL_KEY, payload.get("model", payload)))
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise InvalidRequestError(f"{path.name} does not fit learner '{name}': {e}") from e
     return learner
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emlabel.errors import InvalidRequestError
 from emlabel.learners.segmentation import window_inferer
 from emlabel.methods.aide import AIDEOptions, AIDETrainer
 from emlabel.methods.em.items import EMItem
@@ -45,6 +46,11 @@ class AIDELearner(Learner):
 
     def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:
         labeled = [item for item in items if item.label]
+        if len(labeled) < self.options.batch_size:
+            raise InvalidRequestError(
+                f"aide needs at least batch_size={self.options.batch_size} labeled images, "
+                f"has {len(labeled)}"
+            )
         data = load_items(
             [item.as_dict() for item in labeled],
             settings=self.settings,

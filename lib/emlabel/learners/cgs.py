@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emlabel.errors import InvalidRequestError
 from emlabel.learners.segmentation import window_inferer
 from emlabel.methods.cgs import CGSOptions, CGSTrainer, head_decisions
 from emlabel.methods.em.items import EMItem
@@ -76,7 +77,7 @@ class CGSLearner(Learner):
         labeled = [item for item in items if item.label]
         unlabeled = [item for item in items if not item.label]
         if not labeled or not unlabeled:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"cgs needs labeled and unlabeled images (has {len(labeled)} labeled, "
                 f"{len(unlabeled)} unlabeled)"
             )

@@ -30,6 +30,7 @@ from emlabel.methods.em import (
     EMResult,
     Learner,
     operating_point,
+    pending_tag,
     structure_reviews,
 )
 from emlabel.monailabel.datastore import VersionedDatastore
@@ -117,21 +118,24 @@ class EMTrainTask(OptionsTrainTask):
             path, learner.state_dict(), meta, extra=learner.checkpoint_extra()
         )
         model = f"{path.name}@sha256:{checksum[:16]}"
-        written = {}
+        written, stored = {}, {}  # image -> its last stored correction; pending tag -> stored
         for c in result.corrections:
             provenance = Provenance(
-                kind=LabelKind.CORRECTED, source="em", version=0, parent=c.parent,
+                kind=LabelKind.CORRECTED, source="em", version=0,
+                parent=stored.get(c.parent, c.parent),
                 iteration=c.iteration, model=model,
                 scores={"probability_wrong": round(c.probability_wrong, 4)},
                 reason=f"EM E-step: verifier {c.probability_wrong:.2f} wrong; expert: {c.reason}",
             )  # fmt: skip
             written[c.image_id] = run.add_version(c.image_id, c.path, provenance).tag
+            stored[pending_tag(c.image_id, c.iteration)] = written[c.image_id]
         if result.last_run is not None:
             for d in result.last_decisions:
                 info = result.last_run.info(
                     d.image_id, iteration=last, model=model, action=d.action,
                     decision_reason=d.reason,
                 )  # fmt: skip
+                info["label_tag"] = stored.get(info["label_tag"], info["label_tag"])
                 if d.image_id in written:
                     info["corrected_to"] = written[d.image_id]
                 run.update_image_info(d.image_id, {VERIFIER_INFO_KEY: info})

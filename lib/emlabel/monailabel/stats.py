@@ -24,13 +24,14 @@ from emlabel.data.statistics import INFO_KEY
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
-from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer, StructureStats
+from emlabel.learners.stats import StatsLearner
+from emlabel.methods.em.learner import FitSpec
+from emlabel.methods.stats import ImageTargets, StatsOptions, StructureStats
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.tasks import OptionsTrainTask
-from emlabel.monailabel.versions import write_label_version
-from emlabel.nets.app import segmentation_unet
+from emlabel.monailabel.versions import datastore_items, write_label_version
 from emlabel.settings import AppSettings, settings_to_dict
-from emlabel.training.loading import LoadedSet, load_items
+from emlabel.training.loading import LoadedSet
 
 logger = logging.getLogger(__name__)
 
@@ -83,35 +84,29 @@ class StatsTrainTask(OptionsTrainTask):
         options = self.parse_request(request)
         settings = self._settings
         items, weak_ids, parents = [], [], {}
-        for image_id in sorted(datastore.list_images()):
-            best = datastore.best_label(image_id)
+        for item in datastore_items(datastore):
+            best = datastore.best_label(item.id)
             has_stats = bool(
-                (datastore.get_image_info(image_id).get(INFO_KEY) or {}).get("structures")
+                (datastore.get_image_info(item.id).get(INFO_KEY) or {}).get("structures")
             )
-            if best is None and not has_stats:
+            if item.label is None and not has_stats:
                 continue
-            item = {"id": image_id, "image": datastore.require_image(image_id)}
-            if best is not None:
-                item["label"] = datastore.get_label_uri(image_id, best.tag)
-            if has_stats and (best is None or best.kind != LabelKind.HUMAN):
-                weak_ids.append(image_id)
-                parents[image_id] = best.tag if best else None
+            if has_stats and not item.human:
+                weak_ids.append(item.id)
+                parents[item.id] = best.tag if best else None
             items.append(item)
         if not weak_ids:
             raise InvalidRequestError(
                 "stats needs images with statistics or clicks (PUT /emlabel/stats or emlabel import-stats)"
             )
-        data = load_items(items, settings=settings, multiple_of=MULTIPLE_OF_UNET)
-        targets = [self._targets(datastore, data, i) for i in range(len(data.ids))]
-        full_mask = data.has_label.clone()
-        trainer = StatsTrainer(
-            lambda: segmentation_unet(settings),
-            data.images,
-            targets,
-            full_labels=data.labels,
-            full_label_mask=full_mask,
+        learner = StatsLearner(
+            settings=settings,
             options=options,
+            targets=lambda data, i: self._targets(datastore, data, i),
         )
+        spec = FitSpec(epochs=options.max_epochs, seed=options.seed, on_epoch=lambda s: on_epoch(s))
+        trainer = learner.prepare(items, spec)
+        data, targets = learner.data, learner.targets
         started = now_iso()
         history: list[dict[str, Any]] = []
         grown = int(trainer.grown_mask.sum())
@@ -129,7 +124,7 @@ class StatsTrainTask(OptionsTrainTask):
             )
 
         with datastore.begin_run("stats", stats_path=self.stats_path) as run:
-            trainer.fit(on_epoch=on_epoch)
+            learner.fit(items, spec)
             meta = {
                 "method": "stats",
                 "labels": list(settings.labels),
@@ -138,7 +133,7 @@ class StatsTrainTask(OptionsTrainTask):
                 "trained_at": now_iso(),
                 "weak_ids": weak_ids,
             }
-            checksum = run.stage_checkpoint(self.model_path, trainer.network.state_dict(), meta)
+            checksum = run.stage_checkpoint(self.model_path, learner.state_dict(), meta)
             model = f"{self.model_path.name}@sha256:{checksum[:16]}"
             written = self._write_predictions(
                 run, datastore, data, trainer, weak_ids, parents, targets, model

@@ -6,10 +6,16 @@ No MONAI Label or datastore here: the loop works on :class:`EMItem` files and a
 
 from emlabel.methods.em.critic import Critic, CriticRun
 from emlabel.methods.em.decide import Action, Decision, decide
-from emlabel.methods.em.estep import EStepResult, e_step, majority
+from emlabel.methods.em.estep import EStepResult, e_step, majority, model_candidates
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import FitSpec, Learner
-from emlabel.methods.em.loop import Correction, EMLoop, EMResult, save_on_image_grid
+from emlabel.methods.em.loop import (
+    Correction,
+    EMLoop,
+    EMResult,
+    pending_tag,
+    save_on_image_grid,
+)
 from emlabel.methods.em.options import EMOptions
 from emlabel.methods.em.reviews import operating_point, review_record, structure_reviews
 from emlabel.methods.em.state import EMFiles
@@ -31,7 +37,9 @@ __all__ = [
     "decide",
     "e_step",
     "majority",
+    "model_candidates",
     "operating_point",
+    "pending_tag",
     "review_record",
     "save_on_image_grid",
     "structure_reviews",

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import Learner
@@ -79,7 +80,7 @@ class Critic:
         """Judge every labeled item of ``items`` with ``learner``'s ensemble."""
         labeled = [item for item in items if item.label]
         if not labeled:
-            raise ValueError("no labeled images to verify")
+            raise InvalidRequestError("no labeled images to verify")
         data = load_items(
             [item.as_dict() for item in labeled],
             settings=self.settings,

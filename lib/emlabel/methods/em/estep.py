@@ -2,9 +2,9 @@
 
 Plain arrays in, decisions out; the server's ``em`` trainer and ``bench/em_loop.py`` call
 this same function. A label the verifier finds likely wrong (``p >= correct_threshold``)
-is put to the pairwise Label Expert against the learner's candidate, the voxel-wise
-majority of the ensemble members; the expert's choice decides between correcting and
-routing (see :func:`emlabel.methods.em.decide.decide`).
+is put to the pairwise Label Expert against the learner's candidates
+(:func:`model_candidates`); the expert's choice decides between correcting (to the chosen
+candidate) and routing (see :func:`emlabel.methods.em.decide.decide`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,16 @@ def majority(members: Sequence[np.ndarray]) -> np.ndarray:
     stack = np.stack(members).astype(np.int64)
     counts = np.stack([(stack == v).sum(axis=0) for v in range(int(stack.max()) + 1)])
     return counts.argmax(axis=0).astype(np.uint8)
+
+
+def model_candidates(members: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The learner's candidate labels for the expert: the voxel-wise majority of three or
+    more members (a flip ensemble); each member on its own when there are two (AIDE's two
+    networks, CGS's generalist and specialists), where a majority would only keep their
+    agreement."""
+    if len(members) >= 3:
+        return {"model": majority(members)}
+    return {f"model_{k + 1}": np.asarray(m).astype(np.uint8) for k, m in enumerate(members)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +62,12 @@ def e_step(
     decisions, corrections = [], {}
     for image_id, verdict in verdicts.items():
         choice = None
-        candidate = None
+        candidates: dict[str, np.ndarray] = {}
         if verdict.probability_wrong >= correct_threshold:
-            candidate = majority(members[image_id])
+            candidates = {"current": np.asarray(labels[image_id]).astype(np.uint8)}
+            candidates |= model_candidates(members[image_id])
             choice = expert.choose(
-                {"current": np.asarray(labels[image_id]).astype(np.uint8), "model": candidate},
+                candidates,
                 predictions=members[image_id],
                 image=None if images is None else images.get(image_id),
                 population=population,
@@ -69,6 +80,6 @@ def e_step(
             review_threshold=review_threshold,
         )
         decisions.append(decision)
-        if decision.action == Action.CORRECT and candidate is not None:
-            corrections[image_id] = candidate
+        if decision.action == Action.CORRECT and choice is not None:
+            corrections[image_id] = candidates[choice.best]
     return EStepResult(decisions=decisions, corrections=corrections)

@@ -67,19 +67,21 @@ def pseudo_label_files(
     learner: Learner, items: Sequence[EMItem], *, settings: AppSettings, workdir: Path
 ) -> list[EMItem]:
     """Items without a label, each with the learner's prediction as a file in ``workdir``."""
-    unlabeled = [item for item in items if not item.label]
-    if not unlabeled:
-        return []
-    data = load_items(
-        [item.as_dict() for item in unlabeled], settings=settings, multiple_of=learner.multiple_of
-    )
     out = []
-    for i, (item, label) in enumerate(zip(unlabeled, learner.predict(data), strict=True)):
+    for item in (item for item in items if not item.label):
+        # one image at a time: its own padding (as when it is served) and bounded memory
+        data = load_items([item.as_dict()], settings=settings, multiple_of=learner.multiple_of)
+        (label,) = learner.predict(data)
         path = save_on_image_grid(
-            label, data, i, image=item.image, path=workdir / f"{item.id}.pseudo.nii.gz"
+            label, data, 0, image=item.image, path=workdir / f"{item.id}.pseudo.nii.gz"
         )
         out.append(item.with_label(path, tag="pseudo-label"))
     return out
+
+
+def pending_tag(image_id: str, iteration: int) -> str:
+    """Stand-in tag of a correction not stored yet (the caller maps it to the stored tag)."""
+    return f"pending:{image_id}:{iteration}"
 
 
 class EMLoop:
@@ -166,7 +168,7 @@ class EMLoop:
                     )
                 )
                 current[decision.image_id] = current[decision.image_id].with_label(
-                    str(path), tag="pending EM correction"
+                    str(path), tag=pending_tag(decision.image_id, n)
                 )
             m_stats = self.m_step(list(current.values()))
             row = summarize_iteration(n, decisions, run, m_stats)
