@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from emlabel.errors import InvalidRequestError
-from emlabel.learners.segmentation import window_inferer
+from emlabel.learners.segmentation import argmax_labels, window_inferer
 from emlabel.methods.aide import AIDEOptions, AIDETrainer
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import FitSpec, Learner
@@ -87,19 +87,9 @@ class AIDELearner(Learner):
 
     def predict(self, data: LoadedSet) -> list[np.ndarray]:
         """The mean softmax of both networks (what infer ``aide`` serves)."""
-        inferer = window_inferer(self.settings)
-        c = self.settings.num_classes
-        with torch.no_grad():
-            return [
-                inferer(data.images[i : i + 1], self.ensemble)[:, :c].argmax(dim=1)[0]
-                .numpy().astype(np.uint8)
-                for i in range(data.images.shape[0])
-            ]  # fmt: skip
+        inferer, c = window_inferer(self.settings), self.settings.num_classes
+        return argmax_labels(self.ensemble, data, inferer, channels=c)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.ensemble.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.ensemble.load_state_dict(state)
-        self.ensemble.eval()
-        self._trained = True
+    @property
+    def served(self) -> torch.nn.Module:
+        return self.ensemble

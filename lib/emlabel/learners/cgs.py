@@ -112,6 +112,11 @@ class CGSLearner(Learner):
                 )  # fmt: skip
         return out
 
+    @property
+    def served(self) -> torch.nn.Module:
+        """The teacher (its generalist-only copy is what infer ``cgs`` serves)."""
+        return self.teacher
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The generalist-only U-Net that infer ``cgs`` serves."""
         return self.teacher.generalist_only().state_dict()

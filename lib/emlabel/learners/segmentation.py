@@ -28,6 +28,20 @@ def window_inferer(settings: AppSettings) -> SlidingWindowInferer:
     )
 
 
+def argmax_labels(
+    net: torch.nn.Module, data: LoadedSet, inferer: Any = None, channels: int | None = None
+) -> list[np.ndarray]:
+    """Per image of ``data``, the argmax label map of ``net`` (its first ``channels``
+    outputs; through ``inferer``, a sliding window, when given)."""
+    out = []
+    with torch.no_grad():
+        for i in range(data.images.shape[0]):
+            x = data.images[i : i + 1]
+            logits = inferer(x, net) if inferer is not None else net(x)
+            out.append(logits[:, :channels].argmax(dim=1)[0].numpy().astype(np.uint8))
+    return out
+
+
 class SegmentationLearner(Learner):
     """DiceCE training on the labels (:class:`~emlabel.training.supervised.SupervisedTrainer`)."""
 
@@ -79,18 +93,8 @@ class SegmentationLearner(Learner):
 
     def predict(self, data: LoadedSet) -> list[np.ndarray]:
         """One pass without flips (what infer ``segmentation`` serves)."""
-        inferer = window_inferer(self.settings)
-        with torch.no_grad():
-            return [
-                inferer(data.images[i : i + 1], self.network).argmax(dim=1)[0]
-                .numpy().astype(np.uint8)
-                for i in range(data.images.shape[0])
-            ]  # fmt: skip
+        return argmax_labels(self.network, data, window_inferer(self.settings))
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.network.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.network.load_state_dict(state)
-        self.network.eval()
-        self._trained = True
+    @property
+    def served(self) -> torch.nn.Module:
+        return self.network

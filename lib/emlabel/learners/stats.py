@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emlabel.learners.segmentation import argmax_labels
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.methods.stats import ImageTargets, StatsOptions, StatsTrainer
@@ -78,14 +79,8 @@ class StatsLearner(Learner):
         return {"epochs": spec.epochs, "train_images": len(items)}
 
     def members(self, data: LoadedSet) -> list[list[np.ndarray]]:
-        with torch.no_grad():
-            logits = [self.network(data.images[i : i + 1]) for i in range(data.images.shape[0])]
-        return [[x.argmax(dim=1)[0].numpy().astype(np.uint8)] for x in logits]
+        return [[label] for label in argmax_labels(self.network, data)]
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.network.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.network.load_state_dict(state)
-        self.network.eval()
-        self._trained = True
+    @property
+    def served(self) -> torch.nn.Module:
+        return self.network

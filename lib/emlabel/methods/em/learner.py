@@ -53,13 +53,20 @@ class Learner(abc.ABC):
         """One label map per image (default: the first ensemble member)."""
         return [m[0] for m in self.members(data)]
 
+    @property
     @abc.abstractmethod
+    def served(self) -> torch.nn.Module:
+        """The module whose weights the checkpoint holds (what its infer task loads)."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights of the checkpoint its infer task loads."""
+        return self.served.state_dict()
 
-    @abc.abstractmethod
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take weights saved by :meth:`state_dict`."""
+        self.served.load_state_dict(state)
+        self.served.eval()
+        self._trained = True
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Extra checkpoint keys beside ``model`` (CGS: the full teacher). Default none."""
