@@ -10,6 +10,7 @@ Machine output is never stored as a human label: see ``EMLabelAppBase.infer``.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from fastapi import BackgroundTasks, File, Form, Request, UploadFile
@@ -26,6 +27,9 @@ from emlabel.monailabel.routes.common import (
     staged_upload,
     user_of,
 )
+
+INFER_SLOTS = threading.BoundedSemaphore(1)
+"""Infers run one at a time (each uses every torch thread); others wait in the pool."""
 
 
 @http_errors
@@ -74,7 +78,8 @@ def run_inference(
             trusted = True
         if trusted and options.get("image") not in (None, req["image"]):
             raise InvalidRequestError("params.image conflicts with the uploaded file / session")
-        result = instance.infer(req, user=user_of(request), trusted_image=trusted)
+        with INFER_SLOTS:  # CPU-bound: parallel infers only share the same cores
+            result = instance.infer(req, user=user_of(request), trusted_image=trusted)
         if output == ResultType.dicom_seg:
             from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 
