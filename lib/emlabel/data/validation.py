@@ -190,11 +190,17 @@ to billions of voxels)."""
 
 
 def check_image_file(path: str | os.PathLike[str], *, target_spacing: Sequence[float]) -> None:
-    """Refuse (422) an uploaded image that is unreadable or too large to process.
+    """Refuse (422) an uploaded image that is too large (:func:`check_image_header`) or whose
+    data does not decompress and read."""
+    check_image_header(path, target_spacing=target_spacing)
+    read_array(path)
 
-    Reads the header first (no voxel data): the voxel count, as stored and as resampled to
-    ``target_spacing`` (count x prod(spacing / target)), must stay within
-    :data:`MAX_IMAGE_VOXELS`; then the data must decompress and read.
+
+def check_image_header(path: str | os.PathLike[str], *, target_spacing: Sequence[float]) -> None:
+    """Refuse (422) an image whose header is unreadable or says it is too large to process.
+
+    No voxel data is read: the voxel count, as stored and as resampled to ``target_spacing``
+    (count x prod(spacing / target)), must stay within :data:`MAX_IMAGE_VOXELS`.
     """
     shape, header = _label_header(path)
     spacing = _header_spacing(path, header, len(shape))
@@ -206,7 +212,6 @@ def check_image_file(path: str | os.PathLike[str], *, target_spacing: Sequence[f
             f"{Path(path).name}: {stored} voxels ({resampled:.3g} at the target spacing) is more "
             f"than the {MAX_IMAGE_VOXELS} a request may process"
         )
-    read_array(path)
 
 
 def _header_spacing(

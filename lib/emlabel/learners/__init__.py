@@ -8,7 +8,7 @@ from pathlib import Path
 from emlabel.checkpoints import load_payload
 from emlabel.errors import InvalidRequestError
 from emlabel.learners.aide import AIDELearner
-from emlabel.learners.cgs import FULL_MODEL_KEY, CGSLearner
+from emlabel.learners.cgs import CGSLearner
 from emlabel.learners.segmentation import SegmentationLearner
 from emlabel.methods.em.learner import Learner
 from emlabel.settings import AppSettings
@@ -37,12 +37,12 @@ def load_learner(name: str, *, settings: AppSettings, model_dir: Path) -> Learne
     path = Path(model_dir) / learner.model_file
     if not path.exists():
         return learner
-    payload = load_payload(path)
-    if learner.name == CGSLearner.name and FULL_MODEL_KEY not in payload:
-        logger.warning("%s has no full CGS teacher (uploaded?): %s starts untrained", path, name)
+    state = load_payload(path).get(learner.state_key)
+    if not isinstance(state, dict):  # e.g. an uploaded cgs.pt without its full teacher
+        logger.warning("%s has no '%s': learner %s starts untrained", path, learner.state_key, name)
         return learner
     try:
-        learner.load_state_dict(payload.get(FULL_MODEL_KEY, payload.get("model", payload)))
+        learner.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
         raise InvalidRequestError(f"{path.name} does not fit learner '{name}': {e}") from e
     return learner

@@ -65,6 +65,7 @@ class CGSLearner(Learner):
     model_file = "cgs.pt"
     multiple_of = 16
     semi_supervised = True
+    state_key = FULL_MODEL_KEY
 
     def __init__(self, *, settings: AppSettings, options: CGSOptions | None = None) -> None:
         self.settings = settings

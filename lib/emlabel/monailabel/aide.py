@@ -29,7 +29,7 @@ from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpda
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.runs import MethodRun
 from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
-from emlabel.monailabel.versions import write_label_version
+from emlabel.monailabel.versions import datastore_items, write_label_version
 from emlabel.nets.app import segmentation_unet as _unet
 from emlabel.nets.ensemble import PairedSoftmaxEnsemble, split_paired_output
 from emlabel.settings import AppSettings, settings_to_dict
@@ -152,18 +152,13 @@ class AIDETrainer3D(OptionsTrainTask):
     ) -> tuple[LoadedSet, dict[str, str | None], dict[str, str]]:
         """All images with their best labels; roles clean / noisy / pseudo / skip."""
         items, parents, roles = [], {}, {}
-        for image_id in sorted(datastore.list_images()):
-            best = datastore.best_label(image_id)
-            image = datastore.require_image(image_id)
-            if best is None:
-                items.append({"id": image_id, "image": image})
-                parents[image_id] = None
-                roles[image_id] = "pseudo" if self.segmentation_model_path.exists() else "skip"
+        for item in datastore_items(datastore):
+            items.append(item.as_dict())
+            parents[item.id] = item.tag
+            if item.label is None:
+                roles[item.id] = "pseudo" if self.segmentation_model_path.exists() else "skip"
             else:
-                label = datastore.get_label_uri(image_id, best.tag)
-                items.append({"id": image_id, "image": image, "label": label})
-                parents[image_id] = best.tag
-                roles[image_id] = "clean" if best.kind == LabelKind.HUMAN else "noisy"
+                roles[item.id] = "clean" if item.human else "noisy"
         factor = 2 ** (len(self._settings.network_channels) - 1)
         data = load_items(items, settings=self._settings, multiple_of=factor)
         if any(r == "pseudo" for r in roles.values()):

@@ -85,7 +85,6 @@ class StatsTrainTask(OptionsTrainTask):
         settings = self._settings
         items, weak_ids, parents = [], [], {}
         for item in datastore_items(datastore):
-            best = datastore.best_label(item.id)
             has_stats = bool(
                 (datastore.get_image_info(item.id).get(INFO_KEY) or {}).get("structures")
             )
@@ -93,7 +92,7 @@ class StatsTrainTask(OptionsTrainTask):
                 continue
             if has_stats and not item.human:
                 weak_ids.append(item.id)
-                parents[item.id] = best.tag if best else None
+                parents[item.id] = item.tag
             items.append(item)
         if not weak_ids:
             raise InvalidRequestError(

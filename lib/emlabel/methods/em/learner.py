@@ -38,6 +38,8 @@ class Learner(abc.ABC):
     """Checkpoint file of the infer task that serves this learner's model."""
     multiple_of: ClassVar[int] = 8
     """Spatial sizes its network needs (inputs are padded to a multiple)."""
+    state_key: ClassVar[str] = "model"
+    """Checkpoint key holding what :meth:`load_state_dict` takes (CGS: its full teacher)."""
     semi_supervised: ClassVar[bool] = False
     """True when it learns from unlabeled images itself (the loop then adds no pseudo-labels)."""
 

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import file_checksum, get_mime_type
 
-from emlabel.data.validation import check_image_file, check_image_id
+from emlabel.data.validation import check_image_header, check_image_id
 from emlabel.errors import InvalidRequestError, NotFoundError
 from emlabel.labels.versions import FINAL_TAG
 from emlabel.monailabel.http import http_errors
@@ -105,7 +105,8 @@ def add_image(
     if user is not None:
         info["user"] = user
     with staged_upload(file, max_bytes=max_upload_bytes()) as path:
-        check_image_file(path, target_spacing=app_instance().settings.target_spacing)
+        # header bounds first; the datastore's add_image then reads the data itself
+        check_image_header(path, target_spacing=app_instance().settings.target_spacing)
         name = os.path.basename(file.filename or "")
         image_id = image or name.split(".")[0]
         stored = _datastore().add_image(image_id, str(path), info)
