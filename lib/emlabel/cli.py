@@ -12,10 +12,15 @@ from pathlib import Path
 from emlabel.errors import EMLabelError, NotFoundError
 
 
-def _settings(config: str | None):
+def _settings(config: str | None, studies: str | None = None):
+    """The settings a server over ``studies`` would use (its plan, then ``config``)."""
+    from emlabel.planning.effective import effective_settings
     from emlabel.settings import parse_settings
 
-    return parse_settings({"config": config} if config else {})
+    conf = {"config": config} if config else {}
+    if studies is None:
+        return parse_settings(conf)
+    return effective_settings(studies, conf, write_plan_file=False).settings
 
 
 def _open_datastore(studies: str, config: str | None):
@@ -23,14 +28,14 @@ def _open_datastore(studies: str, config: str | None):
 
     if not Path(studies).is_dir():
         raise EMLabelError(f"studies folder {studies} does not exist")
-    return VersionedDatastore(studies, settings=_settings(config))
+    return VersionedDatastore(studies, settings=_settings(config, studies))
 
 
 def import_demo_noisy_labels(out: Path, manifest: dict) -> int:
     """Import the demo's noisy labels under tag ``noisy``; returns how many."""
     from emlabel.imports import ImportPlan, import_labels
 
-    datastore = _open_datastore(str(out), None)
+    datastore = _open_datastore(str(out), None)  # structures from the demo's dataset.json
     plans = [
         ImportPlan(image_id=case_id, path=out / case["noisy"])
         for case_id, case in sorted(manifest["cases"].items())
@@ -46,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = Path(args.out)
-    manifest = write_demo_studies(out, DemoOptions(n=args.n, seed=args.seed))
+    manifest = write_demo_studies(out, DemoOptions(kind=args.kind, n=args.n, seed=args.seed))
     import_demo_noisy_labels(out, manifest)
     roles: dict[str, int] = {}
     for case in manifest["cases"].values():
@@ -59,10 +64,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_import_labels(args: argparse.Namespace) -> int:
+    import tempfile
+
     from emlabel.imports import import_labels, plan_import
+    from emlabel.label_map_import import parse_value_map, remap_plans, report_lines
 
     datastore = _open_datastore(args.studies, args.config)
-    stored = import_labels(datastore, plan_import(args.paths), tag=args.tag, user=args.user)
+    plans = plan_import(args.paths)
+    with tempfile.TemporaryDirectory(prefix="emlabel-map-") as tmp:
+        if args.map is not None:
+            structures = datastore._settings.stored_label_map
+            value_map = parse_value_map(args.map, structures=structures)
+            plans, reports = remap_plans(plans, value_map, tmp)
+            names = {value: name for name, value in structures.items()}
+            print("\n".join(report_lines(plans, reports, names=names)))
+        stored = import_labels(datastore, plans, tag=args.tag, user=args.user)
     for version in stored:
         print(f"{version.image_id}: stored as tag '{version.tag}' (version {version.version})")
     return 0
@@ -206,6 +222,20 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Plan settings from the studies' data; write ``<studies>/.emlabel-plan.json``."""
+    from emlabel.planning import PLAN_FILE, format_plan, plan_studies, write_plan
+
+    studies = Path(args.studies)
+    if not studies.is_dir():
+        raise EMLabelError(f"studies folder {studies} does not exist")
+    plan = plan_studies(studies, patch_voxels=args.patch_voxels)
+    print(format_plan(plan))
+    if not args.print_only:
+        print(f"plan written to {write_plan(plan, studies / PLAN_FILE)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emlabel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="studies folder to create")
     demo.add_argument("--n", type=int, default=8, help="number of volumes (default 8)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument(
+        "--kind",
+        choices=("phantom", "xray"),
+        default="phantom",
+        help="phantom: 3D CT-like volumes (default); xray: 2D chest X-ray-like PNGs",
+    )
     demo.set_defaults(func=cmd_demo)
 
     imp = sub.add_parser("import-labels", help="import label files as versions under a tag")
@@ -221,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--tag", default="noisy", help="tag to store under (default 'noisy')")
     imp.add_argument("--config", help="settings JSON (for the label map), e.g. sample-config.json")
     imp.add_argument("--user", help="who provided the labels (kept in provenance)")
+    imp.add_argument(
+        "--map",
+        metavar="VALUE=NAME[,...]",
+        help="relabel the files first: these values become the app's structures "
+        "(e.g. 5=liver,1=spleen), every other value becomes background",
+    )
     imp.add_argument("paths", nargs="+", help="label files or folders; file name = image id")
     imp.set_defaults(func=cmd_import_labels)
 
@@ -280,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         "server_args", nargs=argparse.REMAINDER, help="after --: extra start_server arguments"
     )
     srv.set_defaults(func=cmd_serve_dicomweb)
+
+    pln = sub.add_parser("plan", help="derive settings from the studies' images and labels")
+    pln.add_argument("--studies", required=True, help="studies folder")
+    pln.add_argument("--patch-voxels", type=int, help="patch budget (default 64**3 / 256**2)")
+    pln.add_argument("--print-only", action="store_true", help="print the plan, write nothing")
+    pln.set_defaults(func=cmd_plan)
 
     pwd = sub.add_parser(
         "hash-password",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from emlabel.errors import EMLabelError, InvalidRequestError
 
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".tif", ".tiff")
+"""Label files: volumes (NIfTI, NRRD) and 2D pictures (PNG, TIFF)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,9 @@ from emlabel.errors import SettingsError
 
 DEMO_LABELS: tuple[str, ...] = ("liver", "spleen", "kidney", "aorta", "adrenal", "lesion")
 
+# Intensity normalisations (``normalisation``); see AppSettings.normalisation.
+NORMALISATIONS: tuple[str, ...] = ("window", "ct", "zscore")
+
 # Keys MONAI Label itself (or its stock clients) may pass in ``conf``; accepted and ignored.
 MONAI_LABEL_KEYS: frozenset[str] = frozenset({"server_mode", "preload", "models"})
 
@@ -39,11 +42,27 @@ class AppSettings:
     """Every setting of the EMLabel app, with its default (see ``sample-config.json``)."""
 
     labels: tuple[str, ...] = DEMO_LABELS
-    """Foreground structure names; a structure's label value is its position + 1 (0 = background)."""
+    """Foreground structure names. Given as a JSON object ``{"liver": 5, ...}`` the values
+    are the ones stored in the label files (see ``label_values``)."""
+    label_values: tuple[int, ...] = ()
+    """Value stored in the label files for each structure of ``labels``; empty = 1, 2, ...
+    (values not listed are read as background)."""
+    spatial_dims: int = 3
+    """2 for images (X-ray, ultrasound, slices), 3 for volumes (CT, MR)."""
+    in_channels: int = 1
+    """Image channels the network reads: 1 (grey; RGB files with equal channels are read
+    grey) or 3 (true colour)."""
+    modality: str = "CT"
+    """What the images are (informational; ``emlabel plan`` picks ``normalisation`` by it)."""
+    normalisation: str = "window"
+    """``window``: ``intensity_window`` mapped to [0, 1]; ``ct``: clip to ``intensity_window``
+    then (x - mean) / std with ``intensity_stats``; ``zscore``: per image (x - mean) / std."""
+    intensity_stats: tuple[float, ...] = ()
+    """(mean, std) of the ``ct`` normalisation (the planned foreground statistics)."""
     target_spacing: tuple[float, ...] = (1.6, 1.6, 2.5)
     """Voxel spacing (mm) images are resampled to before the network sees them."""
     intensity_window: tuple[float, ...] = (-200.0, 300.0)
-    """HU range mapped to [0, 1] (values outside are clipped)."""
+    """Intensity range: mapped to [0, 1] (``window``) or clipped to (``ct``)."""
     roi_size: tuple[int, ...] = (64, 64, 48)
     """Training patch and sliding-window size, in voxels at ``target_spacing``."""
     network_channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -96,17 +115,45 @@ class AppSettings:
 
     @property
     def label_map(self) -> dict[str, int]:
-        """Structure name -> label value (background excluded)."""
+        """Structure name -> class index (1, 2, ...; the network's channel; background 0)."""
         return {name: i + 1 for i, name in enumerate(self.labels)}
+
+    @property
+    def stored_values(self) -> tuple[int, ...]:
+        """The value each structure has in the label files (``label_values`` or 1, 2, ...)."""
+        return self.label_values or tuple(range(1, len(self.labels) + 1))
+
+    @property
+    def stored_label_map(self) -> dict[str, int]:
+        """Structure name -> the value label files store for it."""
+        return dict(zip(self.labels, self.stored_values, strict=True))
+
+    @property
+    def maps_label_values(self) -> bool:
+        """True when stored label values differ from class indices (files are remapped)."""
+        return self.stored_values != tuple(range(1, len(self.labels) + 1))
 
     def validate(self) -> None:
         """Check value ranges that types alone do not express."""
         checks = {
             "labels": len(self.labels) > 0 and len(set(self.labels)) == len(self.labels),
-            "target_spacing": len(self.target_spacing) == 3 and min(self.target_spacing) > 0,
+            "label_values": not self.label_values
+            or (
+                len(self.label_values) == len(self.labels)
+                and len(set(self.label_values)) == len(self.label_values)
+                and min(self.label_values) >= 1
+            ),
+            "spatial_dims": self.spatial_dims in (2, 3),
+            "in_channels": self.in_channels in (1, 3),
+            "normalisation": self.normalisation in NORMALISATIONS,
+            "intensity_stats": (len(self.intensity_stats) == 2 and self.intensity_stats[1] > 0)
+            if self.normalisation == "ct"
+            else len(self.intensity_stats) in (0, 2),
+            "target_spacing": len(self.target_spacing) == self.spatial_dims
+            and min(self.target_spacing) > 0,
             "intensity_window": len(self.intensity_window) == 2
             and self.intensity_window[0] < self.intensity_window[1],
-            "roi_size": len(self.roi_size) == 3 and min(self.roi_size) >= 16,
+            "roi_size": len(self.roi_size) == self.spatial_dims and min(self.roi_size) >= 16,
             "network_channels": len(self.network_channels) >= 2 and min(self.network_channels) > 0,
             "num_res_units": self.num_res_units >= 0,
             "max_epochs": self.max_epochs >= 1,
@@ -144,20 +191,29 @@ def setting_names() -> list[str]:
 
 
 def parse_settings(
-    conf: Mapping[str, Any] | None = None, *, base_dir: Path | None = None
+    conf: Mapping[str, Any] | None = None,
+    *,
+    base_dir: Path | None = None,
+    planned: Mapping[str, Any] | None = None,
 ) -> AppSettings:
     """Build :class:`AppSettings` from ``conf`` (strings or JSON values).
 
     ``conf[CONFIG_FILE_KEY]`` may name a JSON file of settings; the other ``conf``
-    entries override it. Raises :class:`SettingsError` naming the offending key.
+    entries override it, and both override ``planned`` (the data's plan,
+    :mod:`emlabel.planning`), which overrides the defaults. Raises
+    :class:`SettingsError` naming the offending key.
     """
     conf = dict(conf or {})
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     config_file = conf.pop(CONFIG_FILE_KEY, None)
     if config_file:
-        values.update(read_config_file(Path(config_file), base_dir=base_dir))
-    values.update({k: v for k, v in conf.items() if k not in MONAI_LABEL_KEYS})
-
+        given.update(read_config_file(Path(config_file), base_dir=base_dir))
+    given.update({k: v for k, v in conf.items() if k not in MONAI_LABEL_KEYS})
+    given = _split_label_map(given)
+    values = _split_label_map(dict(planned or {}))
+    if "labels" in given:  # the user's structures replace the planned ones and their values
+        values.pop("label_values", None)
+    values.update(given)
     hints = typing.get_type_hints(AppSettings)
     known = setting_names()
     kwargs: dict[str, Any] = {}
@@ -168,6 +224,32 @@ def parse_settings(
     settings = AppSettings(**kwargs)
     settings.validate()
     return settings
+
+
+def _split_label_map(values: dict[str, Any]) -> dict[str, Any]:
+    """``labels`` given as ``{"liver": 5, ...}`` (or its JSON text) -> ``labels`` + ``label_values``."""
+    raw = values.get("labels")
+    if isinstance(raw, str) and raw.strip().startswith("{"):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise SettingsError(f"setting 'labels' is not a valid JSON object: {e}") from e
+    if not isinstance(raw, dict):
+        return values
+    if "label_values" in values:
+        raise SettingsError("give 'labels' as a name -> value object or 'label_values', not both")
+    names, stored = [], []
+    for name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise SettingsError(f"setting 'labels': the value of {name!r} must be an integer")
+        try:
+            stored.append(int(value))
+        except ValueError as e:
+            raise SettingsError(
+                f"setting 'labels': the value of {name!r} must be an integer"
+            ) from e
+        names.append(str(name))
+    return values | {"labels": names, "label_values": stored}
 
 
 def read_config_file(path: Path, *, base_dir: Path | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``configs/inference.json`` of an exported bundle, in MONAI's bundle config syntax.
 
-The chain mirrors the server's infer tasks (same preprocessing, sliding window, softmax,
-MONAI's inverse of the preprocessing, argmax), so ``python -m monai.bundle run`` gives the
+The chain mirrors the server's infer tasks (same preprocessing, sliding window, argmax,
+MONAI's nearest-neighbour inverse of the preprocessing), so ``python -m monai.bundle run`` gives the
 same labels as the server. Only MONAI components are referenced at run time: the bundle
 runs where MONAI is installed, without EMLabel. Networks that MONAI lacks (the AIDE
 ensemble) are run from the bundle's TorchScript file, which ``ckpt_export`` made from
@@ -20,8 +20,8 @@ def unet_network_def(settings: AppSettings) -> dict[str, Any]:
     channels = list(settings.network_channels)
     return {
         "_target_": "UNet",
-        "spatial_dims": 3,
-        "in_channels": 1,
+        "spatial_dims": settings.spatial_dims,
+        "in_channels": settings.in_channels,
         "out_channels": settings.num_classes,
         "channels": channels,
         "strides": [2] * (len(channels) - 1),
@@ -33,8 +33,8 @@ def basic_unet_network_def(settings: AppSettings) -> dict[str, Any]:
     """MONAI BasicUNet as infer ``cgs`` serves it (the CGS generalist path only)."""
     return {
         "_target_": "BasicUNet",
-        "spatial_dims": 3,
-        "in_channels": 1,
+        "spatial_dims": settings.spatial_dims,
+        "in_channels": settings.in_channels,
         "out_channels": settings.num_classes,
         "features": [*settings.cgs_channels, settings.cgs_feature_channels],
         "act": ["LeakyReLU", {"negative_slope": 0.01, "inplace": True}],
@@ -55,56 +55,98 @@ def aide_export_def(settings: AppSettings) -> dict[str, Any]:
     }
 
 
+# emlabel.data.channels.planned_channels as a bundle expression (MONAI's Lambdad).
+_CHANNEL_EXPRESSIONS = {
+    1: "$lambda x: x[:3].mean(dim=0, keepdim=True) if x.shape[0] > 1 else x",
+    3: "$lambda x: x.repeat(3, *[1] * (x.ndim - 1)) if x.shape[0] == 1 else x[:3]",
+}
+
+
+def intensity_step(settings: AppSettings) -> dict[str, Any]:
+    """:func:`emlabel.transforms.intensity_normalisation` in bundle syntax."""
+    low, high = settings.intensity_window
+    if settings.normalisation == "zscore":
+        return {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True}
+    b_min, b_max = 0.0, 1.0
+    if settings.normalisation == "ct":
+        mean, std = settings.intensity_stats
+        b_min, b_max = (low - mean) / std, (high - mean) / std
+    return {
+        "_target_": "ScaleIntensityRanged",
+        "keys": "image",
+        "a_min": low,
+        "a_max": high,
+        "b_min": b_min,
+        "b_max": b_max,
+        "clip": True,
+    }
+
+
 def preprocessing(settings: AppSettings) -> list[dict[str, Any]]:
     """Same steps as :func:`emlabel.transforms.load_and_normalise` for the image key."""
-    low, high = settings.intensity_window
     return [
         {"_target_": "LoadImaged", "keys": "image", "image_only": False},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {
+            "_target_": "Lambdad",
+            "keys": "image",
+            "func": _CHANNEL_EXPRESSIONS[settings.in_channels],
+        },
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"[: settings.spatial_dims]},
         {
             "_target_": "Spacingd",
             "keys": "image",
             "pixdim": list(settings.target_spacing),
             "mode": "bilinear",
         },
-        {
-            "_target_": "ScaleIntensityRanged",
-            "keys": "image",
-            "a_min": low,
-            "a_max": high,
-            "b_min": 0.0,
-            "b_max": 1.0,
-            "clip": True,
-        },
+        intensity_step(settings),
         {"_target_": "EnsureTyped", "keys": "image"},
     ]
 
 
-def postprocessing() -> list[dict[str, Any]]:
+def postprocessing(settings: AppSettings) -> list[dict[str, Any]]:
     """Same steps as :func:`emlabel.transforms.inference_postprocessing`, then save."""
-    return [
-        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    steps: list[dict[str, Any]] = [
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
         {
             "_target_": "Invertd",
             "keys": "pred",
             "transform": "@preprocessing",
             "orig_keys": "image",
-            "nearest_interp": False,
+            "nearest_interp": True,
             "to_tensor": True,
         },
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+    ]
+    if settings.maps_label_values:
+        steps.append(
+            {
+                "_target_": "MapLabelValued",
+                "keys": "pred",
+                "orig_labels": list(range(1, len(settings.labels) + 1)),
+                "target_labels": list(settings.stored_values),
+            }
+        )
+    return [
+        *steps,
         {
             "_target_": "SaveImaged",
             "keys": "pred",
             "output_dir": "@output_dir",
             "output_postfix": "seg",
+            "output_ext": ".png" if settings.spatial_dims == 2 else ".nii.gz",
             "output_dtype": "$numpy.uint8",
             "resample": False,
+            "scale": None,
             "separate_folder": False,
             "print_log": False,
         },
     ]
+
+
+# File types the bundle's datalist picks up from --dataset_dir.
+BUNDLE_INPUT_PATTERNS: tuple[str, ...] = (
+    "*.nii.gz", "*.nii", "*.nrrd", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff",
+)  # fmt: skip
 
 
 def inference_config(settings: AppSettings, network_def: dict[str, Any]) -> dict[str, Any]:
@@ -114,9 +156,8 @@ def inference_config(settings: AppSettings, network_def: dict[str, Any]) -> dict
         "bundle_root": ".",
         "dataset_dir": "$@bundle_root + '/data'",
         "output_dir": "$@bundle_root + '/eval'",
-        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii.gz')) "
-        "+ glob.glob(os.path.join(@dataset_dir, '*.nii')) "
-        "+ glob.glob(os.path.join(@dataset_dir, '*.nrrd')))",
+        "datalist": "$sorted(sum((glob.glob(os.path.join(@dataset_dir, p)) for p in "
+        f"{list(BUNDLE_INPUT_PATTERNS)!r}), []))",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": network_def,
         "network": "$@network_def.to(@device)",
@@ -139,7 +180,7 @@ def inference_config(settings: AppSettings, network_def: dict[str, Any]) -> dict
             "sw_batch_size": 1,
             "overlap": settings.sw_overlap,
         },
-        "postprocessing": {"_target_": "Compose", "transforms": postprocessing()},
+        "postprocessing": {"_target_": "Compose", "transforms": postprocessing(settings)},
         "handlers": [
             {
                 "_target_": "CheckpointLoader",

@@ -46,7 +46,8 @@ def build_metadata(
         "copyright": "Copyright (c) the EMLabel users who trained this model",
         "data_source": "the studies folder of the EMLabel server that trained this model",
         "data_type": "nibabel",
-        "image_classes": "single channel CT-like intensity (HU), windowed to [0, 1]",
+        "image_classes": f"{settings.in_channels}-channel {settings.modality} image "
+        f"({settings.spatial_dims}D), normalisation '{settings.normalisation}'",
         "label_classes": "; ".join(f"{k}: {v}" for k, v in channel_def.items()),
         "pred_classes": "; ".join(f"{k}: {v}" for k, v in channel_def.items()),
         "eval_metrics": eval_metrics,
@@ -56,9 +57,9 @@ def build_metadata(
             "inputs": {
                 "image": {
                     "type": "image",
-                    "format": "hounsfield",
-                    "modality": "CT",
-                    "num_channels": 1,
+                    "format": "hounsfield" if settings.modality == "CT" else "magnitude",
+                    "modality": settings.modality,
+                    "num_channels": settings.in_channels,
                     "spatial_shape": spatial,
                     "dtype": "float32",
                     "value_range": [0, 1],

@@ -50,4 +50,10 @@ class DemoTruth:
 
 
 def _read(path: str) -> np.ndarray:
+    """A label file's stored values (NIfTI through nibabel, pictures through PIL)."""
+    if path.lower().endswith((".png", ".tif", ".tiff")):
+        from PIL import Image
+
+        with Image.open(path) as picture:
+            return np.asarray(picture).astype(np.int64)
     return np.asarray(nib.load(path).dataobj).astype(np.int64)

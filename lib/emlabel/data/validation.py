@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,8 +19,11 @@ import numpy as np
 
 from emlabel.errors import InvalidLabelError, InvalidRequestError
 
-LABEL_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd")
+LABEL_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".png", ".tif", ".tiff")
 """Label file types :func:`validate_label_file` accepts (what the datastore can store)."""
+
+PICTURE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+"""2D picture files: no spacing, and a trailing colour axis (RGB / RGBA) when not grey."""
 
 MAX_NIFTI_HEADER_BYTES = 16 * 2**20
 """Largest header + extensions (``vox_offset``) of a NIfTI label. nibabel reads extensions
@@ -86,6 +89,22 @@ def read_array(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     return array, Geometry(shape=tuple(int(s) for s in array.shape), affine=affine)
 
 
+def spatial_shape(shape: Sequence[int], path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The spatial axes of an array :func:`read_array` gave for ``path`` (a picture's
+    trailing RGB / RGBA axis dropped)."""
+    shape = tuple(int(s) for s in shape)
+    if str(path).lower().endswith(PICTURE_SUFFIXES) and len(shape) == 3 and shape[-1] in (3, 4):
+        return shape[:2]
+    return shape
+
+
+def first_channel(array: np.ndarray, path: str | os.PathLike[str]) -> np.ndarray:
+    """A label array without a picture's colour axis (its first channel: R of RGB)."""
+    if spatial_shape(array.shape, path) != tuple(array.shape):
+        return array[..., 0]
+    return array
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelReport:
     """What a valid label holds."""
@@ -101,10 +120,13 @@ def check_label(
     *,
     num_classes: int,
     affine_tolerance: float,
+    read_values: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> LabelReport:
     """Refuse a label whose grid, orientation or values do not fit the image and label map.
 
-    ``num_classes`` counts background, so valid values are ``0 .. num_classes - 1``.
+    ``num_classes`` counts background, so valid values are ``0 .. num_classes - 1`` after
+    ``read_values`` (the app's stored value -> class index rule,
+    :func:`emlabel.data.label_values.to_class_indices`) when given.
     """
     if label.shape != image_geometry.shape:
         raise InvalidLabelError(
@@ -120,6 +142,8 @@ def check_label(
         raise InvalidLabelError("label has NaN or infinite values")
     if not np.issubdtype(label.dtype, np.integer) and not np.all(np.equal(np.mod(label, 1), 0)):
         raise InvalidLabelError("label has non-integer values; a label map holds class numbers")
+    if read_values is not None:
+        label = read_values(label)
     values = tuple(int(v) for v in np.unique(label))
     bad = [v for v in values if v < 0 or v >= num_classes]
     if bad:
@@ -135,6 +159,7 @@ def validate_label_file(
     *,
     num_classes: int,
     affine_tolerance: float,
+    read_values: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> LabelReport:
     """Check the label's header against the image, then read both and run :func:`check_label`.
 
@@ -146,20 +171,27 @@ def validate_label_file(
         image_header = header_shape(image_path)
     except InvalidLabelError as e:
         raise InvalidRequestError(f"the image itself cannot be read: {e.message}") from e
-    _check_header_shape(label_shape, image_header)
+    _check_header_shape(
+        spatial_shape(label_shape, label_path), spatial_shape(image_header, image_path)
+    )
     if nrrd_header is not None:
         _check_nrrd_inflation(label_path, nrrd_header)
     label, label_geometry = read_array(label_path)
+    label = first_channel(label, label_path)
     try:
         _, image_geometry = read_array(image_path)
     except InvalidLabelError as e:
         raise InvalidRequestError(f"the image itself cannot be read: {e.message}") from e
+    image_geometry = Geometry(
+        shape=spatial_shape(image_geometry.shape, image_path), affine=image_geometry.affine
+    )
     return check_label(
         label,
-        label_geometry,
+        Geometry(shape=tuple(label.shape), affine=label_geometry.affine),
         image_geometry,
         num_classes=num_classes,
         affine_tolerance=affine_tolerance,
+        read_values=read_values,
     )
 
 
@@ -203,6 +235,7 @@ def check_image_header(path: str | os.PathLike[str], *, target_spacing: Sequence
     (count x prod(spacing / target)), must stay within :data:`MAX_IMAGE_VOXELS`.
     """
     shape, header = _label_header(path)
+    shape = spatial_shape(shape, path)
     spacing = _header_spacing(path, header, len(shape))
     stored = math.prod(shape)
     pairs = list(zip(spacing, target_spacing, strict=False))
@@ -218,6 +251,8 @@ def _header_spacing(
     path: str | os.PathLike[str], header: dict[str, Any] | None, ndim: int
 ) -> tuple[float, ...]:
     """Voxel spacing (mm) from a NIfTI or NRRD header (1.0 where the header has none)."""
+    if str(path).lower().endswith(PICTURE_SUFFIXES):
+        return (1.0,) * ndim
     if header is None:  # NIfTI: nibabel reads the zooms from the header only
         import nibabel as nib
 
@@ -246,9 +281,24 @@ def _label_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], dict[s
             if "data file" in header or "datafile" in header:
                 raise ValueError("a label must hold its data; detached 'data file' refused")
             return tuple(int(n) for n in header["sizes"]), header
+        if name.lower().endswith(PICTURE_SUFFIXES):
+            return _picture_header_shape(name), None
         raise ValueError(f"label files must be {', '.join(LABEL_SUFFIXES)}")
     except Exception as e:  # unreadable header: same message as read_array
         raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
+
+
+def _picture_header_shape(name: str) -> tuple[int, ...]:
+    """Shape of a PNG / TIFF from its header (PIL opens lazily), in :func:`read_array`'s
+    axes: (width, height) plus a colour axis when not single-band."""
+    from PIL import Image
+
+    with Image.open(name) as picture:
+        width, height = picture.size
+        bands = len(picture.getbands())
+        if getattr(picture, "n_frames", 1) != 1:
+            raise ValueError("a 2D label must be a single-frame picture")
+    return (width, height) if bands == 1 else (width, height, bands)
 
 
 def _nifti_header_shape(name: str) -> tuple[int, ...]:
@@ -345,4 +395,4 @@ def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
             return tuple(int(n) for n in nib.load(str(path)).shape[:3])
         except Exception as e:  # unreadable header: same message as read_array
             raise InvalidLabelError(f"{Path(path).name}: not a readable image file ({e})") from e
-    return read_array(path)[1].shape
+    return spatial_shape(read_array(path)[1].shape, path)

@@ -17,12 +17,14 @@ from fastapi import HTTPException
 from monailabel.config import settings as ml_settings
 from monailabel.interfaces.app import MONAILabelApp
 
+from emlabel.atomic import atomic_write_json
 from emlabel.data.validation import check_image_id
 from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.http import http_errors, to_http
 from emlabel.monailabel.infer_options import check_infer_options
-from emlabel.settings import AppSettings, parse_settings
+from emlabel.planning.effective import effective_settings
+from emlabel.settings import AppSettings, settings_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +44,20 @@ class EMLabelAppBase(MONAILabelApp):
     ) -> None:
         conf = dict(conf or {})
         try:
-            self.settings: AppSettings = parse_settings(conf, base_dir=Path(app_dir))
+            effective = effective_settings(
+                studies,
+                conf,
+                base_dir=Path(app_dir),
+                write_plan_file=not ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            )
         except EMLabelError as e:
             # Fail at start with the key named (MONAI Label prints the exception).
             raise SystemExit(f"EMLabel: bad configuration: {e.message}") from e
+        self.settings: AppSettings = effective.settings
+        self.plan = effective.plan
         self.model_dir = Path(app_dir) / "model"
         self.model_dir.mkdir(parents=True, exist_ok=True)
+        self._save_plan_beside_models(effective.plan_path)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -57,6 +67,35 @@ class EMLabelAppBase(MONAILabelApp):
             version=version,
             labels=list(self.settings.labels),
         )
+
+    def _save_plan_beside_models(self, plan_path: Path | None) -> None:
+        """``model/plan.json``: the data's plan and the settings the models are built with."""
+        record = {
+            "plan_file": str(plan_path) if plan_path else None,
+            "plan": self.plan.to_dict() if self.plan else None,
+            "settings": settings_to_dict(self.settings),
+        }
+        atomic_write_json(record, self.model_dir / "plan.json")
+
+    def info(self) -> dict[str, Any]:
+        """MONAI Label's ``/info`` plus ``emlabel_plan``: the plan and the settings it gave."""
+        meta = super().info()
+        planned = self.plan.settings_values() if self.plan else {}
+        meta["emlabel_plan"] = {
+            "planned": self.plan is not None,
+            "plan": self.plan.to_dict() if self.plan else None,
+            "settings": {
+                key: list(v) if isinstance(v := getattr(self.settings, key), tuple) else v
+                for key in ("spatial_dims", "in_channels", "modality", "normalisation",
+                            "intensity_window", "intensity_stats", "target_spacing",
+                            "roi_size", "network_channels", "labels", "label_values")
+            },
+            "overridden": sorted(
+                key for key, value in planned.items()
+                if (list(v) if isinstance(v := getattr(self.settings, key), tuple) else v) != value
+            ),
+        }  # fmt: skip
+        return meta
 
     # ----------------------------------------------------------- datastore
     def init_datastore(self) -> Any:

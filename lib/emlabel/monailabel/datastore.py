@@ -16,6 +16,7 @@ Slicer and the stock endpoints keep working. On top of that:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -30,7 +31,13 @@ from monailabel.datastore.local import (
 )
 
 from emlabel.atomic import atomic_copy, atomic_write_json, atomic_write_with
-from emlabel.data.validation import check_image_id, validate_label_file
+from emlabel.data.label_values import to_class_indices
+from emlabel.data.validation import (
+    LABEL_SUFFIXES,
+    PICTURE_SUFFIXES,
+    check_image_id,
+    validate_label_file,
+)
 from emlabel.errors import ConflictError, EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.labels import (
     LabelKind,
@@ -52,6 +59,10 @@ TMP_DIR_NAME = ".emlabel-tmp"
 DELETED_DIR_NAME = ".emlabel-deleted"
 
 
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", *PICTURE_SUFFIXES)
+"""Image files the datastore serves: volumes and 2D pictures."""
+
+
 class VersionedDatastore(LocalDatastore):
     """LocalDatastore that keeps every label version and refuses bad labels."""
 
@@ -60,7 +71,7 @@ class VersionedDatastore(LocalDatastore):
         studies: str,
         *,
         settings: AppSettings,
-        extensions: tuple[str, ...] = ("*.nii.gz", "*.nii", "*.nrrd"),
+        extensions: tuple[str, ...] = tuple(f"*{suffix}" for suffix in IMAGE_SUFFIXES),
         auto_reload: bool = False,
         read_only: bool = False,
     ) -> None:
@@ -73,6 +84,12 @@ class VersionedDatastore(LocalDatastore):
         )
 
     # ------------------------------------------------------------------ reads
+
+    @property
+    def settings(self) -> AppSettings:
+        """The app settings labels are validated and read with."""
+        return self._settings
+
     def require_image(self, image_id: str) -> str:
         """The image's file path; 400 for path-like ids, 404 for unknown ones."""
         check_image_id(image_id)
@@ -183,6 +200,7 @@ class VersionedDatastore(LocalDatastore):
             image_path,
             num_classes=self._settings.num_classes,
             affine_tolerance=self._settings.affine_tolerance,
+            read_values=functools.partial(to_class_indices, settings=self._settings),
         )
 
     def add_version(self, image_id: str, label_file: str, provenance: Provenance) -> LabelVersion:
@@ -200,7 +218,7 @@ class VersionedDatastore(LocalDatastore):
     ) -> LabelVersion:
         """Write one version; ``tag=None`` means a fresh machine tag."""
         _, ext = self._to_id(os.path.basename(label_file))
-        ext = ext if ext in (".nii.gz", ".nii", ".nrrd") else ".nii.gz"
+        ext = ext if ext in LABEL_SUFFIXES else ".nii.gz"
         with FileLock(self._lock_file):
             self._reload_unlocked()
             obj = self._datastore.objects[image_id]
@@ -579,7 +597,7 @@ class VersionedDatastore(LocalDatastore):
         _, ext = self._to_id(os.path.basename(image_filename))
         image_id = image_id or Path(image_filename).name.removesuffix(ext)
         check_image_id(image_id)
-        if ext not in (".nii.gz", ".nii", ".nrrd"):
+        if ext not in IMAGE_SUFFIXES:
             raise InvalidRequestError(f"image file type {ext or '(none)'} is not supported")
         try:
             read_array(image_filename)

@@ -20,6 +20,7 @@ server as DICOM-SEG. Unlike it:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -40,6 +41,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from emlabel.atomic import atomic_copy
+from emlabel.data.label_values import to_class_indices
 from emlabel.data.validation import check_image_id, validate_label_file
 from emlabel.dicomweb.dcmqi import ensure_dcmqi
 from emlabel.dicomweb.seg import seg_to_label
@@ -349,13 +351,17 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
             if len(files) != 1:
                 raise UpstreamError(f"DICOM-SEG series holds {len(files)} instances, not one")
             label = seg_to_label(
-                files[0], image_path, Path(tmp) / "label.nii.gz", label_map=self._settings.label_map
+                files[0],
+                image_path,
+                Path(tmp) / "label.nii.gz",
+                label_map=self._settings.stored_label_map,
             )
             validate_label_file(
                 label,
                 image_path,
                 num_classes=self._settings.num_classes,
                 affine_tolerance=self._settings.affine_tolerance,
+                read_values=functools.partial(to_class_indices, settings=self._settings),
             )
             provenance = Provenance(
                 kind=LabelKind.HUMAN,

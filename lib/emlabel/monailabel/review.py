@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from emlabel.atomic import atomic_write_json
+from emlabel.data.label_files import read_label
 from emlabel.labels import LabelKind
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.em import EMFiles, review_record
@@ -45,8 +44,8 @@ def record_review(
         return None
     if routed.get("final_version") == final.version:
         return None  # this final was already counted
-    final_array = _read(datastore.get_label_uri(image_id, "final"))
-    machine = _read(datastore.get_label_uri(image_id, tag))
+    final_array = read_label(datastore.get_label_uri(image_id, "final"), settings=settings)
+    machine = read_label(datastore.get_label_uri(image_id, tag), settings=settings)
     if final_array.shape != machine.shape:
         return None
     record = review_record(
@@ -63,10 +62,6 @@ def record_review(
                "dice": record["dice"], "final_version": final.version}  # fmt: skip
     datastore.update_image_info(image_id, {REVIEW_INFO_KEY: routed | outcome})
     return record
-
-
-def _read(path: str) -> np.ndarray:
-    return np.asarray(nib.load(path).dataobj).astype(np.int64)
 
 
 class VerifierStrategy(Strategy):

@@ -16,10 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
+from monai.data.utils import to_affine_nd
 
+from emlabel.data.label_files import image_affine
 from emlabel.data.statistics import INFO_KEY
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
@@ -43,8 +44,10 @@ def map_voxels(points: list[list[int]], source_affine: np.ndarray, target_affine
     """Voxel indices of one grid -> the nearest voxel indices of another (via world space)."""
     if not points:
         return torch.zeros((0, len(shape)), dtype=torch.long)
+    rank = len(shape)  # 2D or 3D: affines reduced to that rank (MONAI keeps 4x4 for 2D)
+    source, target = to_affine_nd(rank, source_affine), to_affine_nd(rank, target_affine)
     ijk = np.c_[np.asarray(points, dtype=float), np.ones(len(points))]
-    mapped = (np.linalg.inv(target_affine) @ source_affine @ ijk.T).T[:, :3]
+    mapped = (np.linalg.inv(target) @ source @ ijk.T).T[:, :rank]
     mapped = np.clip(np.rint(mapped), 0, np.asarray(shape) - 1).astype(np.int64)
     return torch.as_tensor(mapped)
 
@@ -157,7 +160,7 @@ class StatsTrainTask(OptionsTrainTask):
         """Statistics and clicks of image i, with clicks mapped onto the training grid."""
         image_id = data.ids[i]
         info = (datastore.get_image_info(image_id).get(INFO_KEY) or {}).get("structures", {})
-        source_affine = nib.load(datastore.require_image(image_id)).affine
+        source_affine = image_affine(datastore.require_image(image_id))
         target_affine = np.asarray(data.processed[i].affine, dtype=float)
         shape = tuple(data.images.shape[2:])
         structures = []

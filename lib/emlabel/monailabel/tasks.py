@@ -194,7 +194,7 @@ class VolumeInferTask(BasicInferTask):
             network=network,
             type=InferType.SEGMENTATION,
             labels=list(settings.labels),
-            dimension=3,
+            dimension=settings.spatial_dims,
             description=description,
             roi_size=settings.roi_size,
             config={"device": "cpu", "result_dtype": "uint8"},
@@ -225,6 +225,6 @@ class VolumeInferTask(BasicInferTask):
         return [
             mt.EnsureTyped(keys="pred", device="cpu"),
             *self.extra_post_transforms(),
-            *inference_postprocessing(data[PRE_TRANSFORMS_KEY]),
+            *inference_postprocessing(data[PRE_TRANSFORMS_KEY], self._settings),
             mt.SqueezeDimd(keys="pred", dim=0),
         ]  # pred stays a MetaTensor: MONAI Label's writer takes the affine from it

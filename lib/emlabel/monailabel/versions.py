@@ -50,6 +50,12 @@ def write_label_version(
     """Store ``label`` (on ``data``'s grid, item ``index``) as a new version in ``run``."""
     image_id = data.ids[index]
     image = datastore.require_image(image_id)
-    path = workdir / f"{image_id}.{provenance.source}.{index}.nii.gz"
-    save_on_image_grid(label, data, index, image=image, path=path)
-    return run.add_version(image_id, str(path), provenance)
+    path = save_on_image_grid(
+        label,
+        data,
+        index,
+        image=image,
+        path=workdir / f"{image_id}.{provenance.source}.{index}.nii.gz",
+        settings=datastore.settings,
+    )
+    return run.add_version(image_id, path, provenance)

@@ -12,7 +12,8 @@ from emlabel.settings import AppSettings
 def segmentation_unet(settings: AppSettings) -> torch.nn.Module:
     """The UNet of the ``segmentation`` model (and of each AIDE network)."""
     return build_unet(
-        spatial_dims=3,
+        spatial_dims=settings.spatial_dims,
+        in_channels=settings.in_channels,
         out_channels=settings.num_classes,
         channels=settings.network_channels,
         num_res_units=settings.num_res_units,
@@ -21,7 +22,8 @@ def segmentation_unet(settings: AppSettings) -> torch.nn.Module:
 
 def _cgs_size(settings: AppSettings) -> dict:
     return {
-        "spatial_dims": 3,
+        "spatial_dims": settings.spatial_dims,
+        "in_channels": settings.in_channels,
         "num_classes": settings.num_classes,
         "channels": settings.cgs_channels,
         "feature_channels": settings.cgs_feature_channels,

@@ -18,6 +18,7 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
+from emlabel.data.restore_label import RestoreLabeld
 from emlabel.settings import AppSettings
 from emlabel.transforms import load_and_normalise
 
@@ -50,7 +51,7 @@ def load_items(
         loaded.append(prepare(data))
     shape = [
         math.ceil(max(d["image"].shape[1 + a] for d in loaded) / multiple_of) * multiple_of
-        for a in range(3)
+        for a in range(settings.spatial_dims)
     ]
     pad = mt.SpatialPadd(keys=keys, spatial_size=shape, allow_missing_keys=True)
     padded = [pad(d) for d in loaded]
@@ -72,7 +73,6 @@ def to_original_grid(
     label: torch.Tensor, processed_image: MetaTensor, inverter: mt.Compose
 ) -> np.ndarray:
     """A label on the padded grid, back on its original image's voxel grid (nearest)."""
-    data = {"image": processed_image, "label": MetaTensor(label[None].float())}
-    invert = mt.Invertd(keys="label", transform=inverter, orig_keys="image", nearest_interp=True)
-    out = invert(data)["label"]
+    data = {"image": processed_image, "label": MetaTensor(label[None].to(torch.uint8))}
+    out = RestoreLabeld(keys="label", transform=inverter, orig_key="image")(data)["label"]
     return np.asarray(out[0]).round().astype(np.uint8)

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
+from emlabel.data.label_files import write_label
 from emlabel.methods.em.critic import Critic, CriticRun
 from emlabel.methods.em.decide import Action, Decision
 from emlabel.methods.em.estep import e_step
@@ -54,13 +54,18 @@ class EMResult:
 
 
 def save_on_image_grid(
-    label: torch.Tensor | np.ndarray, data: LoadedSet, i: int, *, image: str, path: Path
+    label: torch.Tensor | np.ndarray,
+    data: LoadedSet,
+    i: int,
+    *,
+    image: str,
+    path: Path,
+    settings: AppSettings,
 ) -> str:
-    """Write a label of ``data``'s grid as NIfTI on the voxel grid of image file ``image``
-    (item ``i`` of ``data``), with that file's affine."""
+    """Write a label of ``data``'s grid on the voxel grid of image file ``image`` (item
+    ``i`` of ``data``), in the image's file type (:func:`emlabel.data.label_files.write_label`)."""
     array = to_original_grid(torch.as_tensor(label).long(), data.processed[i], data.inverter)
-    nib.save(nib.Nifti1Image(array, nib.load(image).affine), path)
-    return str(path)
+    return str(write_label(array, image=image, path=path, settings=settings))
 
 
 def pseudo_label_files(
@@ -73,7 +78,12 @@ def pseudo_label_files(
         data = load_items([item.as_dict()], settings=settings, multiple_of=learner.multiple_of)
         (label,) = learner.predict(data)
         path = save_on_image_grid(
-            label, data, 0, image=item.image, path=workdir / f"{item.id}.pseudo.nii.gz"
+            label,
+            data,
+            0,
+            image=item.image,
+            path=workdir / f"{item.id}.pseudo.nii.gz",
+            settings=settings,
         )
         out.append(item.with_label(path, tag="pseudo-label"))
     return out
@@ -148,13 +158,13 @@ class EMLoop:
                 if decision.action != Action.CORRECT:
                     continue
                 i = run.data.ids.index(decision.image_id)
-                path = self.workdir / f"{decision.image_id}.it{n}.nii.gz"
-                save_on_image_grid(
+                path = save_on_image_grid(
                     result.corrections[decision.image_id],
                     run.data,
                     i,
                     image=current[decision.image_id].image,
-                    path=path,
+                    path=self.workdir / f"{decision.image_id}.it{n}.nii.gz",
+                    settings=self.settings,
                 )
                 parent = run.tags[decision.image_id]
                 corrections.append(

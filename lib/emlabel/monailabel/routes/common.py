@@ -23,7 +23,10 @@ from emlabel.errors import EMLabelError, InvalidRequestError
 
 UPLOAD_DIR_NAME = ".emlabel-uploads"
 #: Suffixes EMLabel reads; anything else is stored with ``.bin`` and refused by the reader.
-KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".pt", ".ts", ".bin")
+KNOWN_SUFFIXES = (
+    ".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pt", ".ts",
+    ".bin",
+)  # fmt: skip
 
 
 class PayloadTooLargeError(EMLabelError):
