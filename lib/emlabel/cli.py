@@ -73,7 +73,7 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
     plans = plan_import(args.paths)
     with tempfile.TemporaryDirectory(prefix="emlabel-map-") as tmp:
         if args.map is not None:
-            structures = datastore._settings.stored_label_map
+            structures = datastore.settings.stored_label_map
             value_map = parse_value_map(args.map, structures=structures)
             plans, reports = remap_plans(plans, value_map, tmp)
             names = {value: name for name, value in structures.items()}

@@ -15,7 +15,7 @@ indices 0 (background), 1, 2, ... in the order of ``settings.labels``. Rules:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,8 +60,10 @@ def to_stored_values(indices: Any, settings: AppSettings) -> Any:
     return out
 
 
-class ClassIndicesd(MapTransform):
-    """Dictionary transform: ``keys`` (label maps as read) -> class indices (see module)."""
+class _LabelValuesd(MapTransform):
+    """Dictionary transform applying ``convert(label, settings)`` to ``keys``."""
+
+    convert: Callable[[Any, AppSettings], Any]
 
     def __init__(self, keys: Any, *, settings: AppSettings, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -70,19 +72,17 @@ class ClassIndicesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = to_class_indices(d[key], self.settings)
+            d[key] = type(self).convert(d[key], self.settings)
         return d
 
 
-class StoredValuesd(MapTransform):
-    """Dictionary transform: ``keys`` (class indices) -> the values label files store."""
+class ClassIndicesd(_LabelValuesd):
+    """``keys`` (label maps as read) -> class indices (see module)."""
 
-    def __init__(self, keys: Any, *, settings: AppSettings, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.settings = settings
+    convert = staticmethod(to_class_indices)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = to_stored_values(d[key], self.settings)
-        return d
+
+class StoredValuesd(_LabelValuesd):
+    """``keys`` (class indices) -> the values label files store."""
+
+    convert = staticmethod(to_stored_values)
