@@ -94,13 +94,18 @@ SAMPLE_SECONDS = 0.05
 
 
 # ------------------------------------------------------------------ memory sampling
-def tree_rss(pid: int) -> int:
-    """RSS (bytes) of ``pid`` plus all its descendants (processes that vanish are skipped)."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants (empty when ``pid`` is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """RSS (bytes) of ``pid`` plus all its descendants (processes that vanish are skipped)."""
+    procs = process_tree(pid)
     total = 0
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
@@ -137,11 +142,7 @@ class PeakSampler:
 
 def tree_snapshot(pid: int) -> list[dict[str, Any]]:
     """Each process of the tree: pid, RSS (MB) and the start of its command line."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    procs = process_tree(pid)
     out = []
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
@@ -152,16 +153,12 @@ def tree_snapshot(pid: int) -> list[dict[str, Any]]:
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid``, its live descendants and its waited children."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
+    procs = process_tree(pid)
     total = 0.0
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             t = proc.cpu_times()
-            total += t.user + t.system + (t.children_user + t.children_system) * (proc is root)
+            total += t.user + t.system + (t.children_user + t.children_system) * (proc is procs[0])
     return total
 
 

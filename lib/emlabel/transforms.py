@@ -108,6 +108,6 @@ def inference_postprocessing(
     """
     return [
         mt.AsDiscreted(keys="pred", argmax=True, dtype=torch.uint8),
+        StoredValuesd(keys="pred", settings=settings),  # at the network's resolution: cheap
         RestoreLabeld(keys="pred", transform=preprocessing, orig_key="image"),
-        StoredValuesd(keys="pred", settings=settings),
     ]

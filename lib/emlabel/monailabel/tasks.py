@@ -16,6 +16,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.writer import Writer
 
 from emlabel.atomic import atomic_write_json
 from emlabel.errors import EMLabelError, InvalidRequestError
@@ -159,6 +160,15 @@ class OptionsTrainTask(StatsFileTrainTask):
         return parse_options(request, self._defaults, self.REQUEST_KEYS, what=self.OPTION_NAME)
 
 
+def _orthogonal(affine: Any) -> bool:
+    """True when the affine's axes are mutually orthogonal (no shear)."""
+    import numpy as np
+
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    gram = linear.T @ linear
+    return bool(np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6 * float(np.max(gram))))
+
+
 def run_chain_hiding_image_path(data: dict[str, Any], compose: mt.Compose) -> dict[str, Any]:
     """Run ``compose`` on ``data`` without the ``image_path`` string MONAI Label adds.
 
@@ -220,6 +230,25 @@ class VolumeInferTask(BasicInferTask):
 
     def extra_post_transforms(self) -> list[Callable]:
         return []
+
+    def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> Any:
+        """MONAI Label's writer, NIfTI through nibabel when the affine is orthogonal.
+
+        Its default, ITK, gzips a 458x379x336 label in 4.6 s; nibabel (MONAI's
+        ``NibabelWriter``) in 1.8 s, same voxels and affine. MONAI Label prefers ITK for
+        sheared affines (Slicer reads nibabel's differently), so those keep ITK.
+        """
+        label = data.get(self.output_label_key)
+        path = str(data.get("image_path") or "")
+        affine = getattr(label, "affine", None)
+        if path.endswith((".nii", ".nii.gz")) and affine is not None and _orthogonal(affine):
+            data["result_extension"] = extension or data.get("result_extension")
+            data["result_dtype"] = dtype or data.get("result_dtype")
+            data["labels"] = self.labels
+            return Writer(label=self.output_label_key, json=self.output_json_key, nibabel=True)(
+                data
+            )
+        return super().writer(data, extension=extension, dtype=dtype)
 
     def post_transforms(self, data: Any = None) -> Sequence[Callable]:
         return [
