@@ -13,14 +13,15 @@ from emlabel.errors import EMLabelError, NotFoundError
 
 
 def _settings(config: str | None, studies: str | None = None):
-    """The settings a server over ``studies`` would use (its plan, then ``config``)."""
+    """The settings a server over ``studies`` would use (its plan, then ``config``); a
+    folder without a plan is planned once, as the server would at start."""
     from emlabel.planning.effective import effective_settings
     from emlabel.settings import parse_settings
 
     conf = {"config": config} if config else {}
     if studies is None:
         return parse_settings(conf)
-    return effective_settings(studies, conf, write_plan_file=False).settings
+    return effective_settings(studies, conf).settings
 
 
 def _open_datastore(studies: str, config: str | None):

@@ -15,7 +15,7 @@ indices 0 (background), 1, 2, ... in the order of ``settings.labels``. Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,28 +35,31 @@ def reads_as_mask(settings: AppSettings) -> bool:
 def to_class_indices(label: Any, settings: AppSettings) -> Any:
     """Stored values -> class indices (numpy array or torch tensor, same type and shape)."""
     if reads_as_mask(settings):
-        if float(label.max()) > 1:
-            return (
-                (label >= MASK_THRESHOLD).astype(label.dtype)
-                if isinstance(label, np.ndarray)
-                else (label >= MASK_THRESHOLD).to(label.dtype)
-            )
-        return label
+        if float(label.max()) <= 1:
+            return label
+        mask = label >= MASK_THRESHOLD
+        return mask.astype(label.dtype) if isinstance(label, np.ndarray) else mask.to(label.dtype)
     if not settings.maps_label_values:
         return label
-    out = label * 0
-    for index, value in enumerate(settings.stored_values, start=1):
-        out[label == value] = index
-    return out
+    return _remap(
+        label, zip(settings.stored_values, range(1, len(settings.labels) + 1), strict=True)
+    )
 
 
 def to_stored_values(indices: Any, settings: AppSettings) -> Any:
     """Class indices -> the values the app's label files store (inverse of the map)."""
     if not settings.maps_label_values:
         return indices
-    out = indices * 0
-    for index, value in enumerate(settings.stored_values, start=1):
-        out[indices == index] = value
+    return _remap(
+        indices, zip(range(1, len(settings.labels) + 1), settings.stored_values, strict=True)
+    )
+
+
+def _remap(label: Any, pairs: Iterable[tuple[int, int]]) -> Any:
+    """``label`` with each ``old`` value replaced by ``new``; every other value 0."""
+    out = label * 0
+    for old, new in pairs:
+        out[label == old] = new
     return out
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai import transforms as mt
 from monai.inferers import Inferer, SlidingWindowInferer
@@ -162,8 +163,6 @@ class OptionsTrainTask(StatsFileTrainTask):
 
 def _orthogonal(affine: Any) -> bool:
     """True when the affine's axes are mutually orthogonal (no shear)."""
-    import numpy as np
-
     linear = np.asarray(affine, dtype=float)[:3, :3]
     gram = linear.T @ linear
     return bool(np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6 * float(np.max(gram))))
