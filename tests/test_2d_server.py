@@ -19,6 +19,7 @@ from monailabel.client import MONAILabelClient
 from PIL import Image
 
 from tests.support.server import RunningServer, running_server, server_env
+from tests.test_em_server import image_info
 from tests.test_server import post_json, wait_for_training
 from tests.test_stats_server import put
 
@@ -81,6 +82,22 @@ def test_the_server_plans_2d_from_the_pictures(client2d, server2d):
     saved = json.loads((server2d.app_dir / "model" / "plan.json").read_text())
     assert saved["settings"]["spatial_dims"] == 2  # beside the models
     assert (Path(server2d.studies) / ".emlabel-plan.json").is_file()
+
+
+def test_learned_verifier_judges_before_any_segmentation_model(client2d, server2d):
+    code, body = post_json(f"{server2d.url}/scoring/verifier?run_sync=true")
+    assert 400 <= code < 500 and "train 'verifier'" in json.dumps(body), body
+    stats = train(client2d, "verifier", {"steps": 24, "batch_size": 8})
+    assert stats["with_segmentation_model"] is False
+    assert stats["validation"]["n_labels"] > 0
+    assert (server2d.app_dir / "model" / "verifier.pt").is_file()
+    code, scores = post_json(f"{server2d.url}/scoring/verifier?run_sync=true")
+    assert code == 200 and {"case_002", "case_003"} <= set(scores), scores
+    info = image_info(client2d, "case_002")["emlabel.verifier"]
+    assert set(info["scores"]) == {"hand_built", "learned"}  # both kept for the reviews
+    assert set(info["scores"]["learned"]) == {"lung_left", "lung_right", "heart"}
+    assert info["verifier"] == "hand_built" and "reviews scored by both" in info["verifier_choice"]
+    assert info["model"] is None and info["learned_model"].startswith("verifier.pt@")
 
 
 def test_png_final_train_infer_and_next_sample(client2d, server2d, tmp_path):

@@ -21,10 +21,19 @@ from emlabel.monailabel.em import EMTrainTask
 from emlabel.monailabel.stats import StatsTrainTask
 from emlabel.monailabel.tasks import OptionsTrainTask
 from emlabel.monailabel.train import SegmentationTrainer
+from emlabel.monailabel.verifier import VerifierTrainTask
 from emlabel.settings import AppSettings
+from emlabel.verify.learned import LearnedVerifierOptions
 
-OPTION_CLASSES = (AIDEOptions, CGSOptions, EMOptions, StatsOptions)
-TRAINER_CLASSES = (SegmentationTrainer, AIDETrainer3D, CGSTrainTask, EMTrainTask, StatsTrainTask)
+OPTION_CLASSES = (AIDEOptions, CGSOptions, EMOptions, StatsOptions, LearnedVerifierOptions)
+TRAINER_CLASSES = (
+    SegmentationTrainer,
+    AIDETrainer3D,
+    CGSTrainTask,
+    EMTrainTask,
+    StatsTrainTask,
+    VerifierTrainTask,
+)
 
 
 def is_numeric(hint: Any) -> bool:

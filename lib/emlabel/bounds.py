@@ -29,6 +29,9 @@ REQUEST_MAXIMA: dict[str, float] = {
     "epochs": EPOCHS_MAX,  # em: epochs of each M-step
     "iterations": 20,  # em: EM iterations (EMOptions.validate's own cap)
     "max_iterations": 100_000,  # cgs: optimizer steps
+    "steps": 100_000,  # verifier: optimizer steps of the learned verifier
+    "errors_per_region": 32,  # verifier: corrupted copies per structure and step
+    "channels": 512,  # verifier: feature channels of a network stage
     # schedules, in epochs
     "warmup_epochs": EPOCHS_MAX,
     "correction_every": EPOCHS_MAX,
@@ -57,6 +60,10 @@ REQUEST_MAXIMA: dict[str, float] = {
     "cutmix_area": 1.0,
     "jitter_strength": 1.0,
     "correct_threshold": 1.0,
+    "bad_dice": 1.0,
+    "target_width": 0.5,
+    "model_dropout": 1.0,
+    "validation_fraction": 1.0,
     "review_threshold": 1.0,
     # angles (degrees)
     "max_rotation_deg": 180.0,

@@ -80,8 +80,9 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
             names = {value: name for name, value in structures.items()}
             print("\n".join(report_lines(plans, reports, names=names)))
         stored = import_labels(datastore, plans, tag=args.tag, user=args.user)
+    by = f", user '{args.user}'" if args.user else ""
     for version in stored:
-        print(f"{version.image_id}: stored as tag '{version.tag}' (version {version.version})")
+        print(f"{version.image_id}: stored as tag '{version.tag}' (version {version.version}{by})")
     return 0
 
 
@@ -89,12 +90,15 @@ def cmd_versions(args: argparse.Namespace) -> int:
     datastore = _open_datastore(args.studies, args.config)
     datastore.require_image(args.image)
     best = datastore.best_label(args.image)
+    annotators = {v.tag for v in datastore.annotator_labels(args.image).values()}
     rows = [
         {
             "tag": v.tag,
             "version": v.version,
             "kind": str(v.kind),
             "source": v.provenance.source,
+            "user": v.provenance.user,
+            "annotator": v.tag in annotators,
             "archived": v.provenance.archived,
             "best": best is not None and v.tag == best.tag,
             "reason": v.provenance.reason,
@@ -105,10 +109,10 @@ def cmd_versions(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        mark = "*" if row["best"] else " "
+        mark = "*" if row["best"] else "+" if row["annotator"] else " "
         print(
             f"{mark} v{row['version']:<3} {row['tag']:<16} {row['kind']:<10} {row['source']:<10}"
-            f"{' (archived)' if row['archived'] else ''} {row['reason']}"
+            f"{row['user'] or '-':<14}{' (archived)' if row['archived'] else ''} {row['reason']}"
         )
     return 0
 
@@ -282,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     exp.set_defaults(func=cmd_export_bundle)
 
-    ver = sub.add_parser("versions", help="list every label version of an image")
+    ver = sub.add_parser(
+        "versions",
+        help="list every label version of an image, with its user (* the best label, "
+        "+ a user's latest label)",
+    )
     ver.add_argument("--studies", required=True)
     ver.add_argument("--config")
     ver.add_argument("--json", action="store_true", help="print JSON")

@@ -4,6 +4,9 @@ Order: human final > verified machine label > corrected machine label > label le
 statistics and clicks (weak) > imported label.
 Pseudo-labels are only used when asked for. Within a kind the newest version wins.
 Archived versions (replaced under their tag) are history, never candidates.
+
+Annotators (:func:`annotator_versions`): the latest human or imported label of each user,
+the inputs of a consensus and of inter-annotator agreement.
 """
 
 from __future__ import annotations
@@ -40,3 +43,24 @@ def best_version(
         and (include_pseudo or v.kind != LabelKind.PSEUDO)
     ]
     return max(candidates, key=rank, default=None)
+
+
+ANNOTATOR_KINDS: frozenset[LabelKind] = frozenset({LabelKind.HUMAN, LabelKind.IMPORTED})
+"""Kinds of label a person or an outside tool made: the annotators' labels."""
+
+
+def annotator_versions(versions: Iterable[LabelVersion]) -> dict[str, LabelVersion]:
+    """User -> that user's latest human or imported label of one image, sorted by user.
+
+    Archived versions count (a label replaced under its tag by another user's is still its
+    user's latest); a user whose latest label was deleted has none; versions without a user
+    cannot be told apart and are left out.
+    """
+    latest: dict[str, LabelVersion] = {}
+    for v in versions:
+        user = v.provenance.user
+        if not user or v.kind not in ANNOTATOR_KINDS or v.provenance.pending:
+            continue
+        if user not in latest or v.version > latest[user].version:
+            latest[user] = v
+    return {u: latest[u] for u in sorted(latest) if not latest[u].provenance.deleted}

@@ -43,6 +43,7 @@ from emlabel.labels import (
     LabelKind,
     LabelVersion,
     Provenance,
+    annotator_versions,
     archive_tag,
     best_version,
     machine_tag,
@@ -126,6 +127,11 @@ class VersionedDatastore(LocalDatastore):
     def best_label(self, image_id: str, *, include_pseudo: bool = False) -> LabelVersion | None:
         """The label a trainer should learn from (see :mod:`emlabel.labels.resolver`)."""
         return best_version(self.versions(image_id), include_pseudo=include_pseudo)
+
+    def annotator_labels(self, image_id: str) -> dict[str, LabelVersion]:
+        """User -> that user's latest human or imported label of the image (one per user,
+        older ones kept as versions; :func:`~emlabel.labels.annotator_versions`)."""
+        return annotator_versions(self.versions(image_id))
 
     def training_items(self, *, include_pseudo: bool = False) -> list[dict[str, Any]]:
         """One ``{image, label, tag, kind, version}`` per image that has a usable label."""

@@ -1,10 +1,13 @@
-"""EM relabeling in the app: trainer ``em`` and scoring ``verifier`` (thin adapters).
+"""EM relabeling in the app: trainer ``em`` (a thin adapter; scoring ``verifier`` is in
+:mod:`.verifier`).
 
 The loop itself is library code (:mod:`emlabel.methods.em`, learners in
 :mod:`emlabel.learners`); here the datastore becomes items, the request becomes typed
 options, and the loop's results become one method run: the learner's model, the
 corrections as label versions, each judged image's verifier info, the ROC and the EM state,
-visible together when the run commits. The review strategy is in :mod:`.review`.
+visible together when the run commits. The review strategy is in :mod:`.review`. When a
+learned verifier exists (trainer ``verifier``) the critic scores with it too, and once
+enough new finals were saved since it was trained it is retrained first, in the same run.
 """
 
 from __future__ import annotations
@@ -15,15 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from monailabel.interfaces.tasks.scoring import ScoringMethod
-
-from emlabel.checkpoints import model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
 from emlabel.learners import load_learner
 from emlabel.methods.em import (
-    Critic,
     EMFiles,
     EMLoop,
     EMOptions,
@@ -31,7 +30,14 @@ from emlabel.methods.em import (
     Learner,
     operating_point,
     pending_tag,
+    scored_reviews,
     structure_reviews,
+)
+from emlabel.methods.em.verifier_training import (
+    VERIFIER_MODEL_FILE,
+    is_stale,
+    load_learned,
+    train_from_items,
 )
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.review import VERIFIER_INFO_KEY
@@ -40,6 +46,7 @@ from emlabel.monailabel.tasks import OptionsTrainTask
 from emlabel.monailabel.versions import datastore_items
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.verify import save_roc
+from emlabel.verify.learned import LearnedVerifier
 
 
 class EMTrainTask(OptionsTrainTask):
@@ -87,6 +94,7 @@ class EMTrainTask(OptionsTrainTask):
             tempfile.TemporaryDirectory(prefix="emlabel-em-") as tmp,
             datastore.begin_run("em", stats_path=self.stats_path) as run,
         ):
+            learned = self._learned_verifier(run, items, learner, settings)
             loop = EMLoop(
                 learner=learner,
                 settings=settings,
@@ -95,6 +103,8 @@ class EMTrainTask(OptionsTrainTask):
                 review_threshold=review_threshold,
                 workdir=Path(tmp),
                 on_iteration=progress,
+                learned=learned,
+                review_scores=scored_reviews(reviews),
             )
             result = loop.run(items, first_iteration=first)
             last = first + options.iterations - 1
@@ -105,6 +115,20 @@ class EMTrainTask(OptionsTrainTask):
             run.stage_json(self.files.state, {"iteration": last, "time": now_iso()})
             stats = self._stats("DONE", started, options, rows, review_threshold, roc)
             return self.write_stats(stats | {"model_sha256": checksum}, run=run)
+
+    def _learned_verifier(
+        self, run: MethodRun, items: list, learner: Learner, settings: AppSettings
+    ) -> LearnedVerifier | None:
+        """The stored learned verifier, retrained (staged in ``run``) when it is stale."""
+        learned = load_learned(self.model_dir, settings)
+        if learned is None or not is_stale(learned, items) or not learner.trained:
+            return learned
+        learned = train_from_items(items, learner, settings=settings, options=learned.options)
+        run.stage_checkpoint(
+            self.model_dir / VERIFIER_MODEL_FILE, learned.state_dict(),
+            learned.meta() | {"trained_at": now_iso(), "trained_by": "em", "with_model": True},
+        )  # fmt: skip
+        return learned
 
     def _commit(
         self, run: MethodRun, learner: Learner, settings: AppSettings, result: EMResult, last: int
@@ -161,32 +185,3 @@ class EMTrainTask(OptionsTrainTask):
             "reviews": len(self.files.load_reviews()),
             "model_sha256": None,
         }
-
-
-class VerifierScoring(ScoringMethod):
-    """Scoring ``verifier``: each labeled image's probability of a wrong label, with reasons."""
-
-    def __init__(self, *, settings: AppSettings, model_path: str) -> None:
-        super().__init__("Label verifier: probability that each image's best label is wrong")
-        self.settings = settings
-        self.model_path = Path(model_path)
-        self.files = EMFiles(self.model_path.parent)
-
-    def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
-        if not self.model_path.exists():
-            raise InvalidRequestError(
-                "verifier needs a trained model; train 'segmentation' or 'em' first"
-            )
-        learner = load_learner(
-            "segmentation", settings=self.settings, model_dir=self.model_path.parent
-        )
-        reviews = structure_reviews(self.files.load_reviews())
-        run = Critic(settings=self.settings, reviews=reviews).run(
-            datastore_items(datastore), learner
-        )
-        iteration = self.files.iteration() + 1  # the reviews it routes feed the next iteration
-        model = model_ref(self.model_path)
-        for image_id in run.machine_ids:
-            info = run.info(image_id, iteration=iteration, model=model, action=None)
-            datastore.update_image_info(image_id, {VERIFIER_INFO_KEY: info})
-        return {i: round(run.verdicts[i].probability_wrong, 6) for i in run.machine_ids}

@@ -49,10 +49,11 @@ _M = "emlabel.monailabel."
 # One line per method (read across): name, model file, infer, trainer, scoring.
 # fmt: off
 METHODS: tuple[MethodSpec, ...] = (
-    MethodSpec(name="segmentation", model_file="segmentation.pt", infer=_task(_M + "infer:SegmentationInfer", "UNet segmentation (2D or 3D, as planned) of every structure in the label map"), trainer=_task(_M + "train:SegmentationTrainer", "Supervised training on the best available label of each image"), scoring=(("verifier", _task(_M + "em:VerifierScoring")),)),
+    MethodSpec(name="segmentation", model_file="segmentation.pt", infer=_task(_M + "infer:SegmentationInfer", "UNet segmentation (2D or 3D, as planned) of every structure in the label map"), trainer=_task(_M + "train:SegmentationTrainer", "Supervised training on the best available label of each image"), scoring=(("verifier", _task(_M + "verifier:VerifierScoring")),)),
     MethodSpec(name="aide", model_file="aide.pt", infer=_task(_M + "aide:AIDEInfer", "AIDE: mean of two cross-correcting UNets; reports their disagreement"), trainer=_task(_M + "aide:AIDETrainer3D", "AIDE: two networks correct noisy labels; corrections become versions", segmentation_model_path="segmentation")),
     MethodSpec(name="cgs", model_file="cgs.pt", infer=_task(_M + "cgs:CGSInfer", "CGS generalist head (a plain U-Net) trained with specialist heads"), trainer=_task(_M + "cgs:CGSTrainTask", "CGS: generalist + one specialist head per structure, semi-supervised"), scoring=(("ihed", _task(_M + "cgs:IHEDScoring")),)),
     MethodSpec(name="stats", model_file="stats.pt", infer=_task(_M + "infer:SegmentationInfer", "UNet learned from per-structure volumes and a few clicks"), trainer=_task(_M + "stats:StatsTrainTask", "Learn masks from per-structure volumes and a few clicked voxels")),
+    MethodSpec(name="verifier", model_file="verifier.pt", trainer=_task(_M + "verifier:VerifierTrainTask", "Learned label verifier: small networks trained on corrupted human finals (no segmentation model needed)")),
     MethodSpec(name="em", model_file="em.pt", trainer=_task(_M + "em:EMTrainTask", "EM relabeling: verifier + expert correct labels, then retrain a learner")),  # em.pt: its train stats; it publishes its learner's model
 )
 # fmt: on

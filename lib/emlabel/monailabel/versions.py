@@ -1,9 +1,10 @@
 """From the datastore to the engine and back: items in, label versions out.
 
 ``datastore_items`` gives the engine each image with its best label (the resolver's
-choice); ``write_label_version`` turns a label on a trainer's grid into a version of the
-image, restored to the image's own voxel grid, inside the trainer's method run. Every
-trainer that writes labels (``aide``, ``stats``, ``em``) goes through it.
+choice) and, when two or more users labeled it, each user's latest label;
+``write_label_version`` turns a label on a trainer's grid into a version of the image,
+restored to the image's own voxel grid, inside the trainer's method run. Every trainer that
+writes labels (``aide``, ``stats``, ``em``) goes through it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,22 @@ from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.runs import MethodRun
 from emlabel.training.loading import LoadedSet
 
+MIN_ANNOTATORS = 2
+"""Users an image needs before their labels reach the engine as annotations."""
+
 
 def datastore_items(datastore: VersionedDatastore) -> list[EMItem]:
-    """Every image with its best label (None when it has none), sorted by id."""
+    """Every image with its best label (None when it has none) and its annotators' labels
+    (:meth:`VersionedDatastore.annotator_labels`, from two users on), sorted by id."""
     items = []
     for image_id in sorted(datastore.list_images()):
         best = datastore.best_label(image_id)
+        annotators = datastore.annotator_labels(image_id)
+        annotations = (
+            tuple(datastore.get_label_uri(image_id, v.tag) for v in annotators.values())
+            if len(annotators) >= MIN_ANNOTATORS
+            else ()
+        )
         items.append(
             EMItem(
                 id=image_id,
@@ -32,6 +43,7 @@ def datastore_items(datastore: VersionedDatastore) -> list[EMItem]:
                 label=datastore.get_label_uri(image_id, best.tag) if best else None,
                 human=best is not None and best.kind == LabelKind.HUMAN,
                 tag=best.tag if best else None,
+                annotations=annotations,
             )
         )
     return items

@@ -19,6 +19,13 @@ ensemble, shape plausibility against the population, containment and component c
 count. The lower badness wins; the reason names the structure where the two differ most and
 what is wrong with the loser there.
 
+**With a pairwise judge** (the learned verifier's pair head, :meth:`emlabel.verify.learned.
+LearnedVerifier.prefer`, used when the app chose the learned verifier), a comparison is
+decided by the judge instead: ``P(a better than b)`` per structure where the two differ, from
+the image, both labels and the evidence members' mean masks; the preference is the mean of
+``P - 0.5`` over those structures, and ``|preference| <= tie_margin`` is a tie. The badness
+figures are still computed (they rank the candidates' wins and give the reasons).
+
 **Ties** (badness within ``tie_margin``, default 0.05 expected wrong structures) go to the
 current label (name ``current``, configurable): with no clear evidence, no change. Between two
 other candidates the one listed first in ``candidates`` wins (list them from most to least
@@ -32,14 +39,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from emlabel.verify.features import StructureFeatures, structure_features
+from emlabel.verify.features import DEFAULT_LABELS, StructureFeatures, structure_features
 from emlabel.verify.population import ShapePopulation
 from emlabel.verify.verifier import LabelVerifier, StructureVerdict
+
+PairwiseJudge = Callable[
+    [np.ndarray, np.ndarray, Mapping[str, np.ndarray] | None], Mapping[str, float]
+]
+"""``judge(a, b, model_maps) -> {structure: P(a better than b)}`` for one image."""
 
 
 class Comparison(NamedTuple):
@@ -115,6 +127,7 @@ class LabelExpert:
         population: ShapePopulation | None = None,
         spacing: Sequence[float],
         structures: Sequence[str] | None = None,
+        judge: PairwiseJudge | None = None,
     ) -> ExpertChoice:
         """Compare every pair of ``candidates`` and return the best (see the module docstring).
 
@@ -155,6 +168,9 @@ class LabelExpert:
             totals[a].append(bad_a)
             totals[b].append(bad_b)
             comparison = self._compare(a, b, va, vb, bad_a, bad_b, len(evidence), len(members))
+            if judge is not None:
+                maps = mean_masks([members[i] for i in evidence], self.labels or DEFAULT_LABELS)
+                comparison = self._judge(a, b, judge(arrays[a], arrays[b], maps), comparison)
             wins[comparison.winner] += 1
             comparisons.append(comparison)
 
@@ -178,6 +194,26 @@ class LabelExpert:
                 raise ValueError(f"unknown structures {sorted(unknown)}")
         keep = features if structures is None else {s: features[s] for s in structures}
         return {s: self.verifier.score(f, population) for s, f in keep.items()}
+
+    def _judge(
+        self, a: str, b: str, preference: Mapping[str, float], by_badness: Comparison
+    ) -> Comparison:
+        """Decide one comparison by the pairwise judge (module docstring)."""
+        differing = {s: p for s, p in preference.items() if p != 0.5}
+        lean = float(np.mean([p - 0.5 for p in differing.values()])) if differing else 0.0
+        if abs(lean) <= self.tie_margin:
+            winner = self.current if self.current in (a, b) else a
+            return Comparison(
+                a, b, winner, f"pairwise judge undecided ({lean + 0.5:.2f}): kept {winner}"
+            )
+        winner, loser = (a, b) if lean > 0 else (b, a)
+        structure = max(differing, key=lambda s: abs(differing[s] - 0.5))
+        p_win = differing[structure] if winner == a else 1.0 - differing[structure]
+        detail = by_badness.reason if by_badness.winner == winner else "hand-built signals disagree"
+        return Comparison(
+            a, b, winner,
+            f"{structure}: pairwise judge prefers {winner} over {loser} ({p_win:.2f}); {detail}",
+        )  # fmt: skip
 
     def _compare(
         self,
@@ -219,3 +255,14 @@ class LabelExpert:
             f"{score}"
         )
         return Comparison(a, b, winner, reason)
+
+
+def mean_masks(
+    members: Sequence[np.ndarray], labels: Mapping[str, int]
+) -> dict[str, np.ndarray] | None:
+    """Per structure, the share of ``members`` labelling each voxel with it (None without
+    members): the model's probability map the learned verifier reads."""
+    if not members:
+        return None
+    stack = np.stack(members)
+    return {name: (stack == v).mean(axis=0).astype(np.float32) for name, v in labels.items()}

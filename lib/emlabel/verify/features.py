@@ -29,6 +29,10 @@ members of a model ensemble, optionally the image intensities) into one
   about 0.6 for one sticking 40% out. ``None`` without a parent or when the label is empty.
 - ``intensity_mean`` / ``intensity_std``: of the image inside the label (``None`` without an
   image or when the label is empty).
+- ``annotator_agreement``: mean Dice of the label's structure to the other annotators'
+  (:func:`emlabel.labels.consensus.agreement_with`: the annotator whose label map is this
+  label is left out; two empty masks agree); ``None`` with fewer than two annotators.
+  ``n_annotators``: how many annotators' label maps the image has.
 
 When no prediction is given the ensemble fields are ``None`` (the verifier then ignores those
 signals). All records are plain JSON-able dataclasses (:meth:`StructureFeatures.to_dict`).
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from emlabel.labels.consensus import agreement_with, mean_pairwise_dice
 from emlabel.metrics import binary_metrics
 from emlabel.settings import DEMO_LABELS
 
@@ -95,6 +100,10 @@ class StructureFeatures:
     """Mean image intensity inside the label."""
     intensity_std: float | None = None
     """Standard deviation of the image intensity inside the label."""
+    n_annotators: int = 0
+    """Annotators' label maps of the image (0 = none given)."""
+    annotator_agreement: float | None = None
+    """Mean Dice of the label to the other annotators (None with fewer than two annotators)."""
 
     @property
     def empty(self) -> bool:
@@ -148,23 +157,27 @@ def structure_features(
     containment: Mapping[str | int, str | int] | None = None,
     image_id: str = "",
     distance_cap_mm: float = DISTANCE_CAP_MM,
+    annotations: Sequence[np.ndarray] = (),
 ) -> dict[str, StructureFeatures]:
     """One :class:`StructureFeatures` per structure of ``labels`` (default: the demo labels).
 
     ``label``: integer label map; ``predictions``: the ensemble members' label maps (same
     shape and values; may be empty); ``image``: intensities of the same shape, optional;
     ``spacing``: voxel size in mm per axis; ``containment``: child -> parent (names or
-    values; ``None`` = lesion in liver when both are labelled, ``{}`` = none).
+    values; ``None`` = lesion in liver when both are labelled, ``{}`` = none);
+    ``annotations``: every annotator's label map of the image (same shape and values).
     """
     label = np.asarray(label)
     labels = dict(DEFAULT_LABELS if labels is None else labels)
     members = [np.asarray(p) for p in predictions]
-    sp = _check_inputs(label, members, image, spacing)
+    annotators = [np.asarray(a) for a in annotations]
+    sp = _check_inputs(label, members, image, spacing, annotators)
     if distance_cap_mm <= 0:
         raise ValueError(f"distance_cap_mm must be positive, got {distance_cap_mm}")
     parents = resolve_containment(containment, labels)
     voxel_mm3 = float(np.prod(sp))
     intensities = None if image is None else np.asarray(image, dtype=np.float64)
+    agreed = agreement_with(label, annotators, labels) if len(annotators) >= 2 else {}
 
     result: dict[str, StructureFeatures] = {}
     for name, value in labels.items():
@@ -178,6 +191,8 @@ def structure_features(
             "volume_mm3": n_voxels * voxel_mm3,
             "n_components": n_comp,
             "largest_component_fraction": largest,
+            "n_annotators": len(annotators),
+            "annotator_agreement": agreed.get(name),
         }
         if members:
             member_masks = [m == value for m in members]
@@ -200,12 +215,14 @@ def _check_inputs(
     members: Sequence[np.ndarray],
     image: np.ndarray | None,
     spacing: Sequence[float],
+    annotators: Sequence[np.ndarray] = (),
 ) -> list[float]:
     if not np.issubdtype(label.dtype, np.integer) and label.dtype != bool:
         raise ValueError(f"label must be an integer label map, got dtype {label.dtype}")
-    for i, member in enumerate(members):
-        if member.shape != label.shape:
-            raise ValueError(f"prediction {i} has shape {member.shape}, label {label.shape}")
+    for kind, arrays in (("prediction", members), ("annotation", annotators)):
+        for i, array in enumerate(arrays):
+            if array.shape != label.shape:
+                raise ValueError(f"{kind} {i} has shape {array.shape}, label {label.shape}")
     if image is not None and np.shape(image) != label.shape:
         raise ValueError(f"image has shape {np.shape(image)}, label {label.shape}")
     sp = [float(s) for s in spacing]
@@ -230,19 +247,6 @@ def soft_dice(mask: np.ndarray, mean_map: np.ndarray) -> float:
     if total == 0.0:
         return 1.0
     return 2.0 * float(mean_map[mask].sum()) / total
-
-
-def mean_pairwise_dice(masks: Sequence[np.ndarray]) -> float:
-    """Mean Dice over all pairs of masks (1.0 with fewer than two; empty pairs agree)."""
-    if len(masks) < 2:
-        return 1.0
-    values = []
-    for i in range(len(masks)):
-        for j in range(i + 1, len(masks)):
-            total = np.count_nonzero(masks[i]) + np.count_nonzero(masks[j])
-            overlap = np.count_nonzero(masks[i] & masks[j])
-            values.append(1.0 if total == 0 else 2.0 * overlap / total)
-    return float(np.mean(values))
 
 
 def _ensemble_fields(

@@ -2,26 +2,29 @@
 
 The verifier turns a :class:`~emlabel.verify.features.StructureFeatures` record (and, when
 available, the :class:`~emlabel.verify.population.ShapePopulation` of accepted labels) into
-nine non-negative *signals*, each 0 when nothing is suspicious:
+ten non-negative *signals*, each 0 when nothing is suspicious:
 
-===================== ==================================================================
-signal                definition
-===================== ==================================================================
-dice_deficit          ``max(0, typical Dice - Dice to the ensemble)``
-distance_excess       ``log(1 + max(0, ASSD - typical ASSD))`` (ASSD in mm)
-ensemble_disagreement ``max(0, disagreement - typical disagreement)`` (among the members)
-volume_outlier        ``min(10, max(0, |z| - 2))``, z = robust z-score of the log-volume
-unexpectedly_empty    share of accepted labels holding the structure, if this label is
-                      empty and that share is >= 0.5, else 0
-component_count       ``min(5, |components - usual count|)`` (non-empty labels)
-fragmentation         ``max(0, typical largest-component share - largest-component share)``
-outside_parent        ``1 - contained_in`` (share of the shell that is not the parent)
-intensity_outlier     ``min(10, max(0, |z| - 2))``, z of the mean intensity inside the label
-===================== ==================================================================
+====================== ==================================================================
+signal                 definition
+====================== ==================================================================
+dice_deficit           ``max(0, typical Dice - Dice to the ensemble)``
+distance_excess        ``log(1 + max(0, ASSD - typical ASSD))`` (ASSD in mm)
+ensemble_disagreement  ``max(0, disagreement - typical disagreement)`` (among the members)
+volume_outlier         ``min(10, max(0, |z| - 2))``, z = robust z-score of the log-volume
+unexpectedly_empty     share of accepted labels holding the structure, if this label is
+                       empty and that share is >= 0.5, else 0
+component_count        ``min(5, |components - usual count|)`` (non-empty labels)
+fragmentation          ``max(0, typical largest-component share - largest-component share)``
+outside_parent         ``1 - contained_in`` (share of the shell that is not the parent)
+intensity_outlier      ``min(10, max(0, |z| - 2))``, z of the mean intensity inside the label
+annotator_disagreement ``max(0, typical agreement - agreement)``, agreement = mean Dice of
+                       the label to the other annotators' labels (two or more users)
+====================== ==================================================================
 
 "Typical" is the accepted labels' median for the structure when the population knows it,
 else :data:`DEFAULT_TYPICAL` (Dice 0.9, ASSD 1 mm, disagreement 0.1, one component, largest
-share 1.0); signals whose inputs are missing (no ensemble, no image, no population) are 0.
+share 1.0; annotator agreement always 0.9, the population does not keep it); signals whose
+inputs are missing (no ensemble, no image, no population, fewer than two annotators) are 0.
 
 **Prior mode** (no reviews yet): ``P(wrong) = sigmoid(b + sum_i w_i * s_i)`` with the hand-set
 :data:`PRIOR_INTERCEPT` and :data:`PRIOR_WEIGHTS`, chosen as follows (logit units):
@@ -40,6 +43,11 @@ share 1.0); signals whose inputs are missing (no ensemble, no image, no populati
 - fragmentation 4.0: +1 when a quarter of the volume lies outside the main component.
 - outside_parent 6.0: anatomically impossible; half outside -> P = 0.5, wholly outside -> 0.95.
 - intensity_outlier 0.5: weak, intensities overlap between tissues and contrast phases.
+- annotator_disagreement 12.0: the label disagrees with what other people (or tools) drew on
+  the same image, evidence that needs no model and holds where the model is no better than
+  the labels (BU-BIL's experts: ``bench/verifier.py``). Stronger per unit than dice_deficit:
+  people are usually better judges of a label than a model trained on few of them. Dice 0.65
+  to the others brings P to 0.5 on its own, 0.4 to 0.95.
 
 **Fitted mode**: :meth:`LabelVerifier.fit` takes human reviews ``(features, was_wrong)`` and
 fits a scikit-learn ``LogisticRegression`` (``class_weight="balanced"``) on the standardised
@@ -84,6 +92,7 @@ SIGNALS: tuple[str, ...] = (
     "fragmentation",
     "outside_parent",
     "intensity_outlier",
+    "annotator_disagreement",
 )
 
 PRIOR_INTERCEPT = -3.0
@@ -97,6 +106,7 @@ PRIOR_WEIGHTS: dict[str, float] = {
     "fragmentation": 4.0,
     "outside_parent": 6.0,
     "intensity_outlier": 0.5,
+    "annotator_disagreement": 12.0,
 }
 
 DEFAULT_TYPICAL: dict[str, float] = {
@@ -105,6 +115,7 @@ DEFAULT_TYPICAL: dict[str, float] = {
     "ensemble_disagreement": 0.1,
     "n_components": 1.0,
     "largest_component_fraction": 1.0,
+    "annotator_agreement": 0.9,
 }
 """What a correct label looks like when the population does not know the structure."""
 
@@ -235,6 +246,25 @@ class FittedModel:
             n_wrong=int(data["n_wrong"]),
         )
 
+    def on_signals(self, signals: Sequence[str]) -> FittedModel:
+        """The same model over ``signals``: a model stored before a signal existed gets it
+        with coefficient 0 (mean 0, scale 1), so it scores exactly as it did; ValueError
+        when the model uses a signal not in ``signals``."""
+        unknown = set(self.signals) - set(signals)
+        if unknown:
+            raise ValueError(f"fitted model uses unknown signals {sorted(unknown)}")
+        old = dict(
+            zip(self.signals, zip(self.mean, self.scale, self.coef, strict=True), strict=True)
+        )
+        rows = [old.get(s, (0.0, 1.0, 0.0)) for s in signals]
+        return dataclasses.replace(
+            self,
+            signals=tuple(signals),
+            mean=tuple(r[0] for r in rows),
+            scale=tuple(r[1] for r in rows),
+            coef=tuple(r[2] for r in rows),
+        )
+
 
 def _sigmoid(x: float) -> float:
     if x >= 0:
@@ -355,6 +385,13 @@ def compute_signals(
     if f.parent is not None and f.contained_in is not None:
         values["outside_parent"] = max(0.0, 1.0 - f.contained_in)
         texts["outside_parent"] = f"{name} {1.0 - f.contained_in:.0%} outside {f.parent}"
+    if f.annotator_agreement is not None:
+        typical, known = _typical(population, name, "annotator_agreement")
+        values["annotator_disagreement"] = max(0.0, typical - f.annotator_agreement)
+        texts["annotator_disagreement"] = (
+            f"annotators disagree: Dice {f.annotator_agreement:.2f} to the other annotators' "
+            f"labels ({f.n_annotators} annotators; {_source(known, typical, '.2f')})"
+        )
     return values, texts
 
 
@@ -542,19 +579,19 @@ class LabelVerifier:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabelVerifier:
+        """Inverse of :meth:`to_dict`. State stored before a signal existed reads back with
+        that signal at its prior weight and, in a fitted model, coefficient 0
+        (:meth:`FittedModel.on_signals`): it scores as it did when stored."""
+        weights = data.get("weights")
         verifier = cls(
-            weights=data.get("weights"),
+            weights=None if weights is None else PRIOR_WEIGHTS | dict(weights),
             intercept=float(data.get("intercept", PRIOR_INTERCEPT)),
             min_reviews_per_class=int(data.get("min_reviews_per_class", 3)),
             regularization=float(data.get("regularization", 1.0)),
         )
         fitted = data.get("fitted")
         if fitted is not None:
-            verifier.fitted = FittedModel.from_dict(fitted)
-            if tuple(verifier.fitted.signals) != SIGNALS:
-                raise ValueError(
-                    f"fitted model uses signals {verifier.fitted.signals}, expected {SIGNALS}"
-                )
+            verifier.fitted = FittedModel.from_dict(fitted).on_signals(SIGNALS)
         verifier.fit_message = str(data.get("fit_message", verifier.fit_message))
         return verifier
 

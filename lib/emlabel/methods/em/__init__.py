@@ -17,7 +17,12 @@ from emlabel.methods.em.loop import (
     save_on_image_grid,
 )
 from emlabel.methods.em.options import EMOptions
-from emlabel.methods.em.reviews import operating_point, review_record, structure_reviews
+from emlabel.methods.em.reviews import (
+    operating_point,
+    review_record,
+    scored_reviews,
+    structure_reviews,
+)
 from emlabel.methods.em.state import EMFiles
 
 __all__ = [
@@ -42,5 +47,6 @@ __all__ = [
     "pending_tag",
     "review_record",
     "save_on_image_grid",
+    "scored_reviews",
     "structure_reviews",
 ]

@@ -3,8 +3,10 @@
 Plain arrays in, decisions out; the server's ``em`` trainer and ``bench/em_loop.py`` call
 this same function. A label the verifier finds likely wrong (``p >= correct_threshold``)
 is put to the pairwise Label Expert against the learner's candidates
-(:func:`model_candidates`); the expert's choice decides between correcting (to the chosen
-candidate) and routing (see :func:`emlabel.methods.em.decide.decide`).
+(:func:`model_candidates`) and, for an image two or more annotators labeled, their consensus
+(:func:`emlabel.labels.consensus.consensus_label`: STAPLE from three, a vote below); the
+expert's choice decides between correcting (to the chosen candidate) and routing (see
+:func:`emlabel.methods.em.decide.decide`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from emlabel.labels.consensus import consensus_label
 from emlabel.methods.em.decide import Action, Decision, decide
 from emlabel.verify import ImageVerdict, LabelExpert, LabelVerifier, ShapePopulation
+from emlabel.verify.expert import PairwiseJudge
 
 
 def majority(members: Sequence[np.ndarray]) -> np.ndarray:
@@ -56,8 +60,12 @@ def e_step(
     review_threshold: float,
     images: Mapping[str, np.ndarray] | None = None,
     containment: Mapping[str | int, str | int] | None = None,
+    annotations: Mapping[str, Sequence[np.ndarray]] | None = None,
+    judges: Mapping[str, PairwiseJudge] | None = None,
 ) -> EStepResult:
-    """Decide every image of ``verdicts`` (its label in ``labels``, its ensemble in ``members``)."""
+    """Decide every image of ``verdicts`` (its label in ``labels``, its ensemble in ``members``,
+    its annotators' label maps, if any, in ``annotations``); ``judges``: per image, the
+    learned pairwise judge the expert uses instead of the hand-built badness (when chosen)."""
     expert = LabelExpert(verifier=verifier, labels=label_map, containment=containment)
     decisions, corrections = [], {}
     for image_id, verdict in verdicts.items():
@@ -65,6 +73,9 @@ def e_step(
         candidates: dict[str, np.ndarray] = {}
         if verdict.probability_wrong >= correct_threshold:
             candidates = {"current": np.asarray(labels[image_id]).astype(np.uint8)}
+            annotated = (annotations or {}).get(image_id, ())
+            if len(annotated) >= 2:
+                candidates["consensus"] = consensus_label(annotated, label_map).label
             candidates |= model_candidates(members[image_id])
             choice = expert.choose(
                 candidates,
@@ -72,6 +83,7 @@ def e_step(
                 image=None if images is None else images.get(image_id),
                 population=population,
                 spacing=spacing,
+                judge=(judges or {}).get(image_id),
             )
         decision = decide(
             verdict,

@@ -1,4 +1,5 @@
-"""What the EM engine works on: images and their current best labels, as files."""
+"""What the EM engine works on: images, their current best labels and their annotators'
+labels, as files."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class EMItem:
     human: bool = False
     tag: str | None = None
     """Name of the label version (provenance: the parent of a correction)."""
+    annotations: tuple[str, ...] = ()
+    """Files of the latest label of each user (human or imported) when two or more users
+    labeled the image: the annotators whose consensus and agreement the critic uses."""
 
     def with_label(self, label: str, tag: str) -> EMItem:
         return dataclasses.replace(self, label=label, human=False, tag=tag)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from emlabel.methods.em.options import EMOptions
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 from emlabel.verify import Review
+from emlabel.verify.learned import LearnedVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +108,15 @@ class EMLoop:
         review_threshold: float,
         workdir: Path,
         on_iteration: Callable[[dict[str, Any]], None] | None = None,
+        learned: LearnedVerifier | None = None,
+        review_scores: Sequence[tuple[Mapping[str, float], bool]] = (),
     ) -> None:
         self.learner = learner
         self.settings = settings
         self.options = options
-        self.critic = Critic(settings=settings, reviews=reviews)
+        self.critic = Critic(
+            settings=settings, reviews=reviews, learned=learned, review_scores=review_scores
+        )
         self.review_threshold = review_threshold
         self.workdir = Path(workdir)
         self.on_iteration = on_iteration
@@ -150,6 +155,8 @@ class EMLoop:
                 label_map=self.settings.label_map,
                 spacing=self.settings.target_spacing,
                 images={i: run.image(i) for i in run.machine_ids},
+                annotations=run.annotations,
+                judges=run.judges(),
                 correct_threshold=self.options.correct_threshold,
                 review_threshold=self.review_threshold,
             )
@@ -209,5 +216,7 @@ def summarize_iteration(
         "queued": counts["review"],
         "mean_score": round(float(np.mean(scores)), 6) if scores else None,
         "verifier_mode": run.verifier.mode,
+        "verifier": run.choice.name,
+        "verifier_choice": run.choice.reason,
         "m_step": m_stats,
     }

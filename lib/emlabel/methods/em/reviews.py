@@ -2,7 +2,8 @@
 
 A review is a human ``final`` saved for an image the verifier routed: per structure, the
 Dice between the machine label that was judged and the final says whether it was wrong
-(``Dice < wrong_dice``). The records are the ground truth the verifier is recalibrated on
+(``Dice < wrong_dice``); each verifier's probability for it when it was judged is kept
+beside, so the verifiers can be compared on what humans found. The records are the ground truth the verifier is recalibrated on
 and the ROC operating point is chosen from.
 """
 
@@ -39,10 +40,14 @@ def review_record(
         d = dice(a, b)
         if a.any() or b.any():
             dices.append(d)
+        scores = {
+            verifier: by[name] for verifier, by in judged.get("scores", {}).items() if name in by
+        }
         structures.append(
             {
                 "structure": name,
                 "features": judged["features"][name],
+                "scores": scores,
                 "dice": round(d, 6),
                 "was_wrong": bool(d < wrong_dice),
             }
@@ -64,6 +69,16 @@ def structure_reviews(records: Sequence[Mapping[str, Any]]) -> list[Review]:
     """Per-structure verifier training examples from stored review records."""
     return [
         Review(features=StructureFeatures.from_dict(s["features"]), was_wrong=bool(s["was_wrong"]))
+        for record in records
+        for s in record.get("structures", [])
+    ]
+
+
+def scored_reviews(records: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, float], bool]]:
+    """Per reviewed structure: every verifier's probability when it was judged, and the truth
+    (what :func:`emlabel.verify.learned.selection.choose_verifier` compares them on)."""
+    return [
+        (dict(s.get("scores", {})), bool(s["was_wrong"]))
         for record in records
         for s in record.get("structures", [])
     ]

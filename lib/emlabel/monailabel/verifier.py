@@ -1,0 +1,122 @@
+"""The verifier in the app: trainer ``verifier`` (the learned one) and scoring ``verifier``.
+
+Thin adapters over :mod:`emlabel.methods.em.verifier_training` and the critic. The trainer
+learns from the human finals (no new annotation; a segmentation model is used when one
+exists, never required) and publishes ``model/verifier.pt`` in one method run. The scoring
+judges every machine label with the verifier chosen by
+:func:`emlabel.verify.learned.selection.choose_verifier` and stores its probability, reasons
+and both verifiers' scores in the image info the review strategy reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from emlabel.checkpoints import model_ref
+from emlabel.errors import InvalidRequestError
+from emlabel.labels.provenance import now_iso
+from emlabel.learners import load_learner
+from emlabel.methods.em import Critic, EMFiles, scored_reviews, structure_reviews
+from emlabel.methods.em.learner import Learner
+from emlabel.methods.em.verifier_training import (
+    VERIFIER_MODEL_FILE,
+    load_learned,
+    summary,
+    train_from_items,
+)
+from emlabel.monailabel.datastore import VersionedDatastore
+from emlabel.monailabel.review import VERIFIER_INFO_KEY
+from emlabel.monailabel.tasks import OptionsTrainTask
+from emlabel.monailabel.versions import datastore_items
+from emlabel.settings import AppSettings, settings_to_dict
+from emlabel.verify.learned import LearnedVerifierOptions
+
+SEGMENTATION_MODEL_FILE = "segmentation.pt"
+
+
+def segmentation_learner(model_dir: Path, settings: AppSettings) -> Learner | None:
+    """The served segmentation model as the critic's learner, None before it is trained."""
+    if not (model_dir / SEGMENTATION_MODEL_FILE).exists():
+        return None
+    return load_learner("segmentation", settings=settings, model_dir=model_dir)
+
+
+class VerifierTrainTask(OptionsTrainTask):
+    """Trainer ``verifier``: the learned verifier from corrupted human finals."""
+
+    REQUEST_KEYS: tuple[str, ...] = (
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "errors_per_region",
+        "bad_dice",
+        "model_dropout",
+        "seed",
+    )
+    OPTION_NAME = "verifier"
+
+    def default_options(self, settings: AppSettings) -> Any:
+        return LearnedVerifierOptions(seed=settings.seed)
+
+    def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
+        options = self.parse_request(request)
+        model_dir = self.model_path.parent
+        learner = segmentation_learner(model_dir, self._settings)
+        started = now_iso()
+        with datastore.begin_run("verifier", stats_path=self.stats_path) as run:
+            verifier = train_from_items(
+                datastore_items(datastore), learner, settings=self._settings, options=options
+            )
+            meta = {"trained_at": now_iso(), "settings": settings_to_dict(self._settings),
+                    "with_model": learner is not None}  # fmt: skip
+            checksum = run.stage_checkpoint(
+                self.model_path, verifier.state_dict(), verifier.meta() | meta
+            )
+            stats = {
+                "state": "DONE",
+                "start_ts": started,
+                "options": dataclasses.asdict(options),
+                "with_segmentation_model": learner is not None,
+                "validation": summary(verifier),
+                "model_sha256": checksum,
+            }
+            return self.write_stats(stats, run=run)
+
+
+class VerifierScoring(ScoringMethod):
+    """Scoring ``verifier``: each labeled image's probability of a wrong label, with reasons."""
+
+    def __init__(self, *, settings: AppSettings, model_path: str) -> None:
+        super().__init__("Label verifier: probability that each image's best label is wrong")
+        self.settings = settings
+        self.model_path = Path(model_path)
+        self.files = EMFiles(self.model_path.parent)
+
+    def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
+        model_dir = self.model_path.parent
+        learner = segmentation_learner(model_dir, self.settings)
+        learned = load_learned(model_dir, self.settings)
+        if learner is None and learned is None:
+            raise InvalidRequestError(
+                "the verifier needs a model: train 'verifier' (from the finals alone) or "
+                "'segmentation' / 'em' first"
+            )
+        records = self.files.load_reviews()
+        critic = Critic(
+            settings=self.settings, reviews=structure_reviews(records), learned=learned,
+            review_scores=scored_reviews(records),
+        )  # fmt: skip
+        run = critic.run(datastore_items(datastore), learner)
+        iteration = self.files.iteration() + 1  # the reviews it routes feed the next iteration
+        model = model_ref(self.model_path) if learner is not None else None
+        learned_ref = model_ref(model_dir / VERIFIER_MODEL_FILE) if learned is not None else None
+        for image_id in run.machine_ids:
+            info = run.info(
+                image_id, iteration=iteration, model=model, learned_model=learned_ref, action=None
+            )
+            datastore.update_image_info(image_id, {VERIFIER_INFO_KEY: info})
+        return {i: round(run.verdicts[i].probability_wrong, 6) for i in run.machine_ids}
