@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from emlabel.labels.provenance import now_iso
 from emlabel.learners import load_learner
 from emlabel.methods.em import (
     EMFiles,
+    EMItem,
     EMLoop,
     EMOptions,
     EMResult,
@@ -117,7 +119,7 @@ class EMTrainTask(OptionsTrainTask):
             return self.write_stats(stats | {"model_sha256": checksum}, run=run)
 
     def _learned_verifier(
-        self, run: MethodRun, items: list, learner: Learner, settings: AppSettings
+        self, run: MethodRun, items: Sequence[EMItem], learner: Learner, settings: AppSettings
     ) -> LearnedVerifier | None:
         """The stored learned verifier, retrained (staged in ``run``) when it is stale."""
         learned = load_learned(self.model_dir, settings)
