@@ -129,7 +129,7 @@ from common import (
 
 from emlabel.data.corruptions import corrupt_label
 from emlabel.data.phantoms import PHANTOM_LABELS, PhantomOptions, make_phantom
-from emlabel.labels.consensus import agreement_with
+from emlabel.labels.consensus import agreement_with, staple
 from emlabel.metrics import dice
 from emlabel.verify import LabelVerifier, ShapePopulation, roc_curve, structure_features
 from emlabel.verify.budget import review_budget
@@ -1058,40 +1058,13 @@ def run_bubil(s: BubilSettings, seed: int) -> dict[str, Any]:
     }
 
 
-def _staple_function() -> tuple[Callable[[Sequence[np.ndarray]], np.ndarray], str]:
-    """``emlabel.labels.consensus.staple`` when it exists, else SimpleITK's STAPLE (>= 0.5)."""
-    try:
-        from emlabel.labels.consensus import staple as lib_staple
-    except Exception:  # the module may not exist (yet)
-        lib_staple = None
-    if lib_staple is not None:
-
-        def run_lib(masks: Sequence[np.ndarray]) -> np.ndarray:
-            result = lib_staple([m.astype(np.uint8) for m in masks])
-            a = np.asarray(getattr(result, "mask", result))  # a result object or the mask
-            if a.dtype == bool:
-                return a
-            return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
-
-        return run_lib, "emlabel.labels.consensus.staple"
-    import SimpleITK as sitk
-
-    def run_sitk(masks: Sequence[np.ndarray]) -> np.ndarray:
-        f = sitk.STAPLEImageFilter()
-        f.SetForegroundValue(1.0)
-        prob = f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks])
-        return sitk.GetArrayFromImage(prob) >= 0.5
-
-    return run_sitk, "SimpleITK.STAPLEImageFilter (foreground 1, probability >= 0.5)"
-
-
 def bubil_consensus(s: BubilSettings) -> dict[str, Any]:
     """STAPLE of Person1/3/4/5 (per tool set) vs gold, against the best and the mean expert.
 
     Full resolution, every BU-BIL image (or the first ``consensus_images``) on which every
     mask of the set exists with the gold's shape. Dice to gold, mean over those images.
     """
-    staple, how = _staple_function()
+    how = "emlabel.labels.consensus.staple"
     names = bubil_names()
     if s.consensus_images is not None:
         names = names[: s.consensus_images]

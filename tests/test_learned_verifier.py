@@ -70,16 +70,38 @@ def test_the_pair_head_prefers_the_clean_label_and_is_antisymmetric(trained):
     assert verifier.prefer(t.image, t.label, t.label)["disk"] == 0.5  # identical: no preference
 
 
-def test_it_scores_with_and_without_model_maps_and_survives_a_round_trip(trained, tmp_path):
+def test_a_round_trip_keeps_scores_and_a_foreign_file_is_a_checkpoint_error(trained, tmp_path):
+    import torch
+
+    from emlabel.checkpoints import CheckpointError
+
     verifier, held_out = trained
     t = held_out[1]
-    maps = {"disk": (t.label == 1).astype(np.float32)}
-    with_maps = verifier.score(t.image, t.label, model_maps=maps)["disk"]
-    assert 0.0 <= with_maps <= 1.0
+    assert verifier.with_model is False  # trained without model maps (scored without them)
     verifier.save(tmp_path / "verifier.pt")
     loaded = LearnedVerifier.load(tmp_path / "verifier.pt")
     assert loaded.score(t.image, t.label) == pytest.approx(verifier.score(t.image, t.label))
-    assert loaded.validation["auroc"] == pytest.approx(verifier.validation["auroc"], nan_ok=True)
+    assert loaded.validation["auroc"] == pytest.approx(verifier.validation["auroc"])
+    assert loaded.with_model is False and loaded.grid == (64, 64)
+    torch.save({"model": {}, "emlabel": {"kind": "something else"}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a learned verifier"):
+        LearnedVerifier.load(tmp_path / "other.pt")
+    meta = verifier.meta() | {"options": {"no_such_option": 1}}
+    torch.save({"model": verifier.state_dict(), "emlabel": meta}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="train 'verifier' again"):
+        LearnedVerifier.load(tmp_path / "old.pt")
+
+
+def test_the_app_ignores_a_stored_verifier_for_other_structures(trained, tmp_path):
+    from emlabel.methods.em.verifier_training import VERIFIER_MODEL_FILE, load_learned
+    from emlabel.settings import AppSettings
+
+    verifier, _ = trained
+    verifier.save(tmp_path / VERIFIER_MODEL_FILE)
+    fits = AppSettings(labels=("disk",), spatial_dims=2)
+    assert load_learned(tmp_path, fits) is not None
+    assert load_learned(tmp_path, AppSettings(labels=("disk", "ring"), spatial_dims=2)) is None
+    assert load_learned(tmp_path, AppSettings(labels=("disk",), spatial_dims=3)) is None
 
 
 def test_the_expert_uses_the_pairwise_judge(trained):
@@ -107,8 +129,8 @@ def test_3d_data_goes_through_the_same_code():
     options = LearnedVerifierOptions(steps=3, batch_size=4, grid=(16, 16, 16), channels=(8, 16))
     verifier = train_learned_verifier(trusted, label_map=LABELS, options=options)
     assert verifier.spatial_dims == 3 and verifier.validation["held_out_images"] == 0
-    p = verifier.score(trusted[0].image, trusted[0].label)["disk"]
-    assert 0.0 <= p <= 1.0
+    assert verifier.validation["n_labels"] > 0  # validated on fresh corruptions
+    assert set(verifier.score(trusted[0].image, trusted[0].label)) == {"disk"}
 
 
 def test_corruptions_change_the_mask_and_inputs_have_the_documented_channels():
@@ -124,11 +146,30 @@ def test_corruptions_change_the_mask_and_inputs_have_the_documented_channels():
     assert crop_box([np.zeros_like(mask)], mask.shape) == (slice(0, 64), slice(0, 64))
 
 
-def test_bad_options_name_the_field():
+def test_bad_options_name_the_field_and_a_bad_request_is_a_400(tmp_path):
+    from emlabel.errors import InvalidRequestError
+    from emlabel.monailabel.verifier import VerifierTrainTask
+    from emlabel.settings import AppSettings
+
     with pytest.raises(ValueError, match="steps"):
         LearnedVerifierOptions(steps=0).validate()
     with pytest.raises(ValueError, match="grid"):
         LearnedVerifierOptions(grid=(30, 30)).validate()  # not a multiple of 2^4
+    with pytest.raises(ValueError, match="grid"):
+        LearnedVerifierOptions(grid=(16, 16)).validate()  # one voxel at the last stage
+    task = VerifierTrainTask(
+        model_path=str(tmp_path / "verifier.pt"), settings=AppSettings(), description="test"
+    )
+    for bad in ({"seed": -1}, {"steps": 0}, {"bad_dice": 1.5}, {"grid": "8,8"}):
+        with pytest.raises(InvalidRequestError):
+            task.parse_request(bad)
+    rng = np.random.default_rng(5)
+    with pytest.raises(ValueError, match="at least one structure"):
+        train_learned_verifier([disk_case(rng)], label_map={})
+    # a validation share that would leave nothing to train on keeps one image for training
+    few = LearnedVerifierOptions(steps=1, batch_size=4, validation_fraction=0.95)
+    tiny = train_learned_verifier([disk_case(rng) for _ in range(5)], label_map=LABELS, options=few)
+    assert tiny.validation["held_out_images"] == 4
 
 
 def test_the_choice_rule():
@@ -158,17 +199,23 @@ def test_the_choice_rule():
     assert choose_verifier(reviews=tie, learned_available=True).name == "hand_built"
 
 
-def test_the_em_trainer_retrains_only_a_stale_verifier(trained):
+def test_the_em_trainer_retrains_only_a_stale_verifier():
     from emlabel.methods.em import EMItem
     from emlabel.methods.em.verifier_training import is_stale
 
-    verifier, _ = trained
-    verifier.validation["trained_on"] = ["i0:final", "i1:final", "i2:final"]
+    trained_on = {"trained_on": ["i0:final", "i1:final", "i2:final"]}
+    verifier = LearnedVerifier(
+        label_map=LABELS, image_channels=1, grid=(64, 64), options=LearnedVerifierOptions(),
+        validation=trained_on, with_model=True,
+    )  # fmt: skip
     items = [EMItem(id=f"i{k}", image=f"i{k}.png", label="l.png", human=True, tag="final")
              for k in range(3)]  # fmt: skip
-    assert not is_stale(None, items)  # the first verifier is trained on request only
-    assert not is_stale(verifier, items)  # the finals it learned from
+    assert not is_stale(None, items, model_available=True)  # the first: on request only
+    assert not is_stale(verifier, items, model_available=True)  # the finals it learned from
     newer = [EMItem(id=f"n{k}", image="n.png", label="l.png", human=True, tag="final")
              for k in range(3)]  # fmt: skip
-    assert is_stale(verifier, items + newer)
-    assert not is_stale(verifier, items + newer[:2])
+    assert is_stale(verifier, items + newer, model_available=True)
+    assert not is_stale(verifier, items + newer[:2], model_available=True)
+    verifier.with_model = False  # trained before any model: stale once one exists
+    assert is_stale(verifier, items, model_available=True)
+    assert not is_stale(verifier, items, model_available=False)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emlabel.checkpoints import model_ref
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
@@ -96,7 +97,7 @@ class EMTrainTask(OptionsTrainTask):
             tempfile.TemporaryDirectory(prefix="emlabel-em-") as tmp,
             datastore.begin_run("em", stats_path=self.stats_path) as run,
         ):
-            learned = self._learned_verifier(run, items, learner, settings)
+            learned, learned_ref = self._learned_verifier(run, items, learner, settings)
             loop = EMLoop(
                 learner=learner,
                 settings=settings,
@@ -110,7 +111,7 @@ class EMTrainTask(OptionsTrainTask):
             )
             result = loop.run(items, first_iteration=first)
             last = first + options.iterations - 1
-            checksum = self._commit(run, learner, settings, result, last)
+            checksum = self._commit(run, learner, settings, result, last, learned_ref)
             if roc is not None:
                 save_roc(roc["curve"], roc["point"], run.stage_path(self.files.roc_json),
                          run.stage_path(self.files.roc_png))  # fmt: skip
@@ -120,20 +121,30 @@ class EMTrainTask(OptionsTrainTask):
 
     def _learned_verifier(
         self, run: MethodRun, items: Sequence[EMItem], learner: Learner, settings: AppSettings
-    ) -> LearnedVerifier | None:
-        """The stored learned verifier, retrained (staged in ``run``) when it is stale."""
+    ) -> tuple[LearnedVerifier | None, str | None]:
+        """The stored learned verifier and its reference (``file@sha256:...``), retrained
+        (staged in ``run``) when it is stale."""
+        path = self.model_dir / VERIFIER_MODEL_FILE
         learned = load_learned(self.model_dir, settings)
-        if learned is None or not is_stale(learned, items) or not learner.trained:
-            return learned
+        if not learner.trained or not is_stale(learned, items, model_available=True):
+            return learned, model_ref(path) if learned is not None else None
+        assert learned is not None  # is_stale is False without a verifier
         learned = train_from_items(items, learner, settings=settings, options=learned.options)
-        run.stage_checkpoint(
-            self.model_dir / VERIFIER_MODEL_FILE, learned.state_dict(),
-            learned.meta() | {"trained_at": now_iso(), "trained_by": "em", "with_model": True},
+        checksum = run.stage_checkpoint(
+            path, learned.state_dict(),
+            learned.meta() | {"trained_at": now_iso(), "trained_by": "em",
+                              "settings": settings_to_dict(settings)},
         )  # fmt: skip
-        return learned
+        return learned, f"{path.name}@sha256:{checksum[:16]}"
 
     def _commit(
-        self, run: MethodRun, learner: Learner, settings: AppSettings, result: EMResult, last: int
+        self,
+        run: MethodRun,
+        learner: Learner,
+        settings: AppSettings,
+        result: EMResult,
+        last: int,
+        learned_ref: str | None,
     ) -> str:
         """Stage the model, store the corrections, buffer each judged image's verifier info."""
         path = self.model_dir / learner.model_file
@@ -158,8 +169,8 @@ class EMTrainTask(OptionsTrainTask):
         if result.last_run is not None:
             for d in result.last_decisions:
                 info = result.last_run.info(
-                    d.image_id, iteration=last, model=model, action=d.action,
-                    decision_reason=d.reason,
+                    d.image_id, iteration=last, model=model, learned_model=learned_ref,
+                    action=d.action, decision_reason=d.reason,
                 )  # fmt: skip
                 info["label_tag"] = stored.get(info["label_tag"], info["label_tag"])
                 if d.image_id in written:

@@ -86,6 +86,10 @@ class CriticRun:
         return self.data.images[self._index(image_id)].numpy()
 
     def model_maps(self, image_id: str) -> dict[str, np.ndarray] | None:
+        """The ensemble's mean mask per structure, as the learned verifier reads it: None
+        without a learner, or for a learned verifier trained without one."""
+        if self.learned is not None and not self.learned.with_model:
+            return None
         return mean_masks(self.members[image_id], self.label_map)
 
     def judges(self) -> dict[str, PairwiseJudge]:
@@ -96,7 +100,9 @@ class CriticRun:
         learned = self.learned
 
         def judge_for(image: np.ndarray) -> PairwiseJudge:
-            return lambda a, b, maps: learned.prefer(image, a, b, model_maps=maps)
+            return lambda a, b, maps: learned.prefer(
+                image, a, b, model_maps=maps if learned.with_model else None
+            )
 
         return {i: judge_for(self.image_channels(i)) for i in self.machine_ids}
 

@@ -3,8 +3,9 @@
 Plain arrays in, decisions out; the server's ``em`` trainer and ``bench/em_loop.py`` call
 this same function. A label the verifier finds likely wrong (``p >= correct_threshold``)
 is put to the pairwise Label Expert against the learner's candidates
-(:func:`model_candidates`) and, for an image two or more annotators labeled, their consensus
-(:func:`emlabel.labels.consensus.consensus_label`: STAPLE from three, a vote below); the
+(:func:`model_candidates`) and, for an image three or more annotators labeled, their
+consensus (:func:`emlabel.labels.consensus.consensus_label`, STAPLE; with two, a vote keeps
+only their agreement, a candidate that always under-segments, so none is offered); the
 expert's choice decides between correcting (to the chosen candidate) and routing (see
 :func:`emlabel.methods.em.decide.decide`).
 """
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from emlabel.labels.consensus import consensus_label
+from emlabel.labels.consensus import MIN_STAPLE_ANNOTATORS, consensus_label
 from emlabel.methods.em.decide import Action, Decision, decide
 from emlabel.verify import ImageVerdict, LabelExpert, LabelVerifier, ShapePopulation
 from emlabel.verify.expert import PairwiseJudge
@@ -74,7 +75,7 @@ def e_step(
         if verdict.probability_wrong >= correct_threshold:
             candidates = {"current": np.asarray(labels[image_id]).astype(np.uint8)}
             annotated = (annotations or {}).get(image_id, ())
-            if len(annotated) >= 2:
+            if len(annotated) >= MIN_STAPLE_ANNOTATORS:
                 candidates["consensus"] = consensus_label(annotated, label_map).label
             candidates |= model_candidates(members[image_id])
             choice = expert.choose(

@@ -10,6 +10,7 @@ that :func:`emlabel.verify.learned.selection.choose_verifier` compares like with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,15 @@ from emlabel.verify.learned import (
 )
 from emlabel.verify.learned.selection import HAND_BUILT, LEARNED
 
+logger = logging.getLogger(__name__)
+
 VERIFIER_MODEL_FILE = "verifier.pt"
 RETRAIN_AFTER_NEW_FINALS = 3
 """The ``em`` trainer retrains the learned verifier once this many finals were added."""
 
 
 def human_items(items: Sequence[EMItem]) -> list[EMItem]:
+    """The items whose best label is a human final: the learned verifier's trusted labels."""
     return [item for item in items if item.label and item.human]
 
 
@@ -76,9 +80,12 @@ def train_from_items(
         )
         for i in range(len(finals))
     ]
-    verifier = train_learned_verifier(
-        trusted, label_map=label_map, options=options, on_step=on_step
-    )
+    try:
+        verifier = train_learned_verifier(
+            trusted, label_map=label_map, options=options, on_step=on_step
+        )
+    except ValueError as e:  # options or data the networks cannot take: the caller's input
+        raise InvalidRequestError(f"cannot train the learned verifier: {e}") from e
     _score_validation_hand_built(verifier, trusted, members, settings=settings)
     verifier.validation["trained_on"] = [final_key(item) for item in finals]
     return verifier
@@ -111,39 +118,50 @@ def _score_validation_hand_built(
     hand = LabelVerifier()
     scores: dict[str, list[float]] = {HAND_BUILT: [], LEARNED: []}
     for case in cases:
-        i = case["trusted_index"]
+        i, structure = case["trusted_index"], case["structure"]
         features = structure_features(
-            case["label"], members[i], spacing=settings.target_spacing, labels=label_map,
-            image=trusted[i].image[0],
+            case["label"], members[i], spacing=settings.target_spacing,
+            labels={structure: label_map[structure]}, image=trusted[i].image[0],
         )  # fmt: skip
-        scores[HAND_BUILT].append(
-            hand.score(features[case["structure"]], population).probability_wrong
-        )
+        scores[HAND_BUILT].append(hand.score(features[structure], population).probability_wrong)
         scores[LEARNED].append(float(case["learned"]))
     verifier.validation |= {f"{k}_scores": v for k, v in scores.items()}
     verifier.validation["wrong"] = [bool(c["wrong"]) for c in cases]
 
 
 def load_learned(model_dir: Path, settings: AppSettings) -> LearnedVerifier | None:
-    """The stored learned verifier if it was trained for the app's structures, else None."""
+    """The stored learned verifier if it fits the app's data (structures, dimensions,
+    channels), else None with the reason logged; an unreadable file is a CheckpointError."""
     path = Path(model_dir) / VERIFIER_MODEL_FILE
     if not path.exists():
         return None
     verifier = LearnedVerifier.load(path)
-    if (
-        verifier.label_map != dict(settings.label_map)
-        or verifier.spatial_dims != settings.spatial_dims
-    ):
+    fits = {
+        "structures": verifier.label_map == dict(settings.label_map),
+        "spatial_dims": verifier.spatial_dims == settings.spatial_dims,
+        "in_channels": verifier.image_channels == settings.in_channels,
+    }
+    misfit = [name for name, ok in fits.items() if not ok]
+    if misfit:
+        logger.warning(
+            "%s was trained for other %s than the app's; ignored until 'verifier' is trained "
+            "again", path.name, ", ".join(misfit),
+        )  # fmt: skip
         return None
     return verifier
 
 
-def is_stale(verifier: LearnedVerifier | None, items: Sequence[EMItem]) -> bool:
+def is_stale(
+    verifier: LearnedVerifier | None, items: Sequence[EMItem], *, model_available: bool
+) -> bool:
     """True once :data:`RETRAIN_AFTER_NEW_FINALS` finals are newer than the verifier's
-    training. False without a verifier: the first one is trained on request
+    training, or when a model exists now and the verifier was trained without one (it has
+    never seen model maps). False without a verifier: the first one is trained on request
     (``POST /train/verifier``), the ``em`` trainer only keeps it up to date."""
     if verifier is None:
         return False
+    if model_available and not verifier.with_model:
+        return True
     known = set(verifier.validation.get("trained_on", []))
     new = [item for item in human_items(items) if final_key(item) not in known]
     return len(new) >= RETRAIN_AFTER_NEW_FINALS

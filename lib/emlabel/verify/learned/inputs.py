@@ -3,8 +3,9 @@
 A label error is a disagreement between a mask and the image (or the model), so the network
 looks where the structure is: the box around every mask it compares (the label, the other
 candidate of a pair, the model's map thresholded at 0.5), widened by ``margin`` of its size on
-each side (at least :data:`MIN_MARGIN_VOXELS`), then resampled to ``grid`` (linear for the
-image and maps, the same for masks, which become fractional occupancies). A structure with no
+each side (at least :data:`MIN_MARGIN_VOXELS`), then resampled to ``grid``: area averaging
+when the crop is larger than the grid on every axis (masks become fractional occupancies, so
+thin errors and small islands leave a trace), else linear. A structure with no
 voxel anywhere is judged on the whole image. Channels, in order:
 
 - the image's channels;
@@ -88,10 +89,12 @@ def network_input(
             np.asarray(model, dtype=np.float32)[None],
         ]
     )
-    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    shrink = all(c >= g for c, g in zip(cropped, grid, strict=True))
+    mode = "area" if shrink else ("bilinear" if len(spatial) == 2 else "trilinear")
+    corners = None if mode == "area" else False
     resized = F.interpolate(
         torch.from_numpy(np.ascontiguousarray(stack))[None], size=tuple(grid), mode=mode,
-        align_corners=False,
+        align_corners=corners,
     )[0]  # fmt: skip
     has_model = torch.full((1, *grid), 0.0 if model_map is None else 1.0)
     return torch.cat([resized, has_model]).numpy()

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from monai.networks.nets import Classifier
 
-from emlabel.checkpoints import load_checkpoint, publish_checkpoint
+from emlabel.checkpoints import CheckpointError, load_checkpoint, publish_checkpoint
 from emlabel.verify.learned.inputs import default_grid, in_channels, network_input
 from emlabel.verify.learned.samples import (
     Candidate,
@@ -81,20 +81,26 @@ class LearnedVerifierOptions:
             "target_width": 0 <= self.target_width <= 0.5,
             "model_dropout": 0 <= self.model_dropout <= 1,
             "validation_fraction": 0 < self.validation_fraction < 1,
+            "seed": 0 <= self.seed < 2**32,
             "channels": 1 <= len(self.channels) <= 6 and all(1 <= c <= 512 for c in self.channels),
         }
-        stride = 2 ** len(self.channels)
         if self.grid is not None:
-            checks["grid"] = len(self.grid) in (2, 3) and all(
-                stride <= g <= 256 and g % stride == 0 for g in self.grid
-            )
+            checks["grid"] = grid_fits(self.grid, self.channels)
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid learned verifier options: {', '.join(bad)} ({self})")
 
     @property
     def effective_steps(self) -> int:
+        """The steps trained: ``steps``, or a quarter of them with ``quick``."""
         return max(1, self.steps // 4) if self.quick else self.steps
+
+
+def grid_fits(grid: Sequence[int], channels: Sequence[int]) -> bool:
+    """2 or 3 axes, each a multiple of the networks' total stride ``2^len(channels)`` and at
+    least twice it (instance norm needs more than one voxel at the last stage), at most 256."""
+    stride = 2 ** len(channels)
+    return len(grid) in (2, 3) and all(2 * stride <= g <= 256 and g % stride == 0 for g in grid)
 
 
 def _network(n_in: int, grid: Sequence[int], channels: Sequence[int]) -> Classifier:
@@ -116,6 +122,7 @@ class LearnedVerifier:
         options: LearnedVerifierOptions,
         validation: Mapping[str, Any] | None = None,
         n_trusted: int = 0,
+        with_model: bool = False,
     ) -> None:
         self.label_map = dict(label_map)
         self.image_channels = int(image_channels)
@@ -125,6 +132,8 @@ class LearnedVerifier:
         self.pair = _network(in_channels(image_channels, 2), self.grid, options.channels)
         self.validation: dict[str, Any] = dict(validation or {})
         self.n_trusted = n_trusted
+        self.with_model = with_model
+        """True when it was trained with model maps; without, it must be scored without."""
 
     @property
     def spatial_dims(self) -> int:
@@ -205,6 +214,7 @@ class LearnedVerifier:
             "options": options,
             "validation": {k: v for k, v in self.validation.items() if k != "cases"},
             "n_trusted": self.n_trusted,
+            "with_model": self.with_model,
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -219,23 +229,31 @@ class LearnedVerifier:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedVerifier:
-        """Read a checkpoint written by :meth:`save` (safely: tensors and plain data only)."""
+        """Read a checkpoint written by :meth:`save` (safely: tensors and plain data only);
+        :class:`~emlabel.checkpoints.CheckpointError` (a 422) for anything else."""
         state, meta = load_checkpoint(path)
         if meta.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"{Path(path).name} is not a learned verifier checkpoint")
-        raw = dict(meta["options"])
-        raw["channels"] = tuple(raw["channels"])
-        raw["grid"] = None if raw.get("grid") is None else tuple(raw["grid"])
-        verifier = cls(
-            label_map=meta["label_map"], image_channels=int(meta["image_channels"]),
-            grid=meta["grid"], options=LearnedVerifierOptions(**raw),
-            validation=meta.get("validation"), n_trusted=int(meta.get("n_trusted", 0)),
-        )  # fmt: skip
-        for prefix, net in (("single.", verifier.single), ("pair.", verifier.pair)):
-            net.load_state_dict(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            )
-            net.eval()
+            raise CheckpointError(f"{Path(path).name} is not a learned verifier checkpoint")
+        try:
+            raw = dict(meta["options"])
+            raw["channels"] = tuple(raw["channels"])
+            raw["grid"] = None if raw.get("grid") is None else tuple(raw["grid"])
+            verifier = cls(
+                label_map=meta["label_map"], image_channels=int(meta["image_channels"]),
+                grid=meta["grid"], options=LearnedVerifierOptions(**raw),
+                validation=meta.get("validation"), n_trusted=int(meta.get("n_trusted", 0)),
+                with_model=bool(meta.get("with_model", False)),
+            )  # fmt: skip
+            for prefix, net in (("single.", verifier.single), ("pair.", verifier.pair)):
+                net.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                )
+                net.eval()
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{Path(path).name} does not hold a learned verifier this version reads ({e}); "
+                "train 'verifier' again"
+            ) from e
         return verifier
 
 
@@ -260,12 +278,17 @@ def train_learned_verifier(
         if t.image.shape[0] != image_channels or t.label.shape != t.image.shape[1:]:
             raise ValueError("trusted labels must share channels and match their images")
     grid = options.grid or default_grid(spatial_dims)
-    if len(grid) != spatial_dims:
-        raise ValueError(f"grid {grid} does not fit {spatial_dims}-D data")
+    if len(grid) != spatial_dims or not grid_fits(grid, options.channels):
+        raise ValueError(
+            f"grid {tuple(grid)} does not fit {spatial_dims}-D data and "
+            f"{len(options.channels)} network stages"
+        )
+    if not label_map:
+        raise ValueError("the learned verifier needs at least one structure in the label map")
     rng = np.random.default_rng(options.seed)
     torch.manual_seed(options.seed)
     order = rng.permutation(len(trusted))
-    n_val = max(1, round(options.validation_fraction * len(trusted)))
+    n_val = min(len(trusted) - 1, max(1, round(options.validation_fraction * len(trusted))))
     held_out = len(trusted) >= MIN_HELD_OUT_TRUSTED
     val_idx = sorted(order[:n_val].tolist()) if held_out else list(range(len(trusted)))
     train_idx = sorted(order[n_val:].tolist()) if held_out else list(range(len(trusted)))
@@ -273,7 +296,7 @@ def train_learned_verifier(
 
     verifier = LearnedVerifier(
         label_map=label_map, image_channels=image_channels, grid=grid, options=options,
-        n_trusted=len(trusted),
+        n_trusted=len(trusted), with_model=any(t.model_maps is not None for t in trusted),
     )  # fmt: skip
     params = [*verifier.single.parameters(), *verifier.pair.parameters()]
     optimiser = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=1e-4)
@@ -334,11 +357,12 @@ def _batch(
             a, b = chosen[int(j)]
             pairs.append(network_input(region.image, [a.mask, b.mask], model, grid=grid))
             pair_y.append(float(a.dice > b.dice))
-    xs, xp = _augment(np.stack(singles), rng, image_channels), None
+    xs = _augment(np.stack(singles), rng, image_channels)
+    n_pair_channels = xs.shape[1] + 1  # one more mask
     xp = (
         _augment(np.stack(pairs), rng, image_channels)
         if pairs
-        else torch.zeros((0, *xs.shape[1:2], *grid))
+        else torch.zeros((0, n_pair_channels, *grid))
     )
     return xs, torch.tensor(single_y), xp, torch.tensor(pair_y)
 

@@ -35,20 +35,28 @@ class TrustedLabel:
     """Structure name -> the model's probability of it, ``spatial`` in [0, 1]; None: no model."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Region:
-    """One structure of one trusted label, cropped to where it is."""
+    """One structure of one trusted label, cropped to where it is (views, no copies)."""
 
     structure: str
+    value: int
     box: tuple[slice, ...]
     image: np.ndarray
-    truth: np.ndarray
+    label: np.ndarray
+    """The label map's crop: the structure's mask and the other structures' come from it."""
     model_map: np.ndarray | None
-    others: tuple[np.ndarray, ...]
-    """The other structures' masks in the region (candidates for a mix-up)."""
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.label == self.value
+
+    def other_values(self) -> list[int]:
+        """Label values of the other structures in the region (candidates for a mix-up)."""
+        return [int(v) for v in np.unique(self.label) if v not in (0, self.value)]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Candidate:
     """A candidate mask of a region, how it was made, and its Dice to the trusted label."""
 
@@ -63,27 +71,21 @@ def regions(trusted: TrustedLabel, label_map: Mapping[str, int]) -> list[Region]
     label = np.asarray(trusted.label)
     out = []
     for name, value in label_map.items():
-        truth = label == value
         model = None if trusted.model_maps is None else np.asarray(trusted.model_maps[name])
-        masks = [truth] + ([] if model is None else [model >= 0.5])
+        masks = [label == value] + ([] if model is None else [model >= 0.5])
         box = crop_box(masks, label.shape, margin=REGION_MARGIN)
         box = tuple(
             slice(max(0, s.start - REGION_MARGIN_VOXELS), min(n, s.stop + REGION_MARGIN_VOXELS))
             for s, n in zip(box, label.shape, strict=True)
         )
-        others = tuple(
-            label[box] == v
-            for other, v in label_map.items()
-            if other != name and (label[box] == v).any()
-        )
         out.append(
             Region(
                 structure=name,
+                value=int(value),
                 box=box,
                 image=np.asarray(trusted.image)[(slice(None), *box)],
-                truth=truth[box],
+                label=label[box],
                 model_map=None if model is None else model[box].astype(np.float32),
-                others=others,
             )
         )
     return out
@@ -99,9 +101,10 @@ def candidates(region: Region, rng: np.random.Generator, *, n_errors: int) -> li
         made.append((CORRUPTIONS[str(kind)](truth, rng), str(kind)))
     if region.model_map is not None:
         made.append((region.model_map >= 0.5, "model"))
-    if region.others:
-        made.append((region.others[rng.integers(len(region.others))], "other_structure"))
-    return [Candidate(mask, kind, dice(mask, truth)) for mask, kind in made]
+    others = region.other_values()
+    if others:
+        made.append((region.label == others[rng.integers(len(others))], "other_structure"))
+    return [Candidate(mask=mask, kind=kind, dice=dice(mask, truth)) for mask, kind in made]
 
 
 def sample_pairs(
@@ -114,4 +117,4 @@ def sample_pairs(
             if abs(found[i].dice - found[j].dice) > min_gap:
                 a, b = (found[i], found[j]) if rng.random() < 0.5 else (found[j], found[i])
                 pairs.append((a, b))
-    return pairs
+    return [pairs[k] for k in rng.permutation(len(pairs))]

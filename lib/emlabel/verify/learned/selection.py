@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from emlabel.verify.verifier import StructureVerdict
 
@@ -38,12 +37,9 @@ class VerifierChoice:
 
     name: str
     basis: str
-    """``reviews``, ``validation`` or ``default``."""
+    """``reviews`` (chosen on them) or ``default`` (the hand-built one, too few reviews)."""
     auroc: dict[str, float]
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _auroc(scores: Sequence[float], wrong: Sequence[bool]) -> float:
@@ -87,9 +83,8 @@ def choose_verifier(
     if validation is not None:
         auroc = {k: _auroc(validation[k], validation_wrong) for k in VERIFIERS}
         why += (
-            f"; on {len(validation_wrong)} corrupted held-out finals (synthetic errors, not "
-            f"used to choose) AUROC learned {auroc[LEARNED]:.3f}, hand-built "
-            f"{auroc[HAND_BUILT]:.3f}"
+            f"; on {len(validation_wrong)} synthetic errors of its validation finals (not used "
+            f"to choose) AUROC learned {auroc[LEARNED]:.3f}, hand-built {auroc[HAND_BUILT]:.3f}"
         )
     return VerifierChoice(name=HAND_BUILT, basis="default", auroc=auroc, reason=why)
 
