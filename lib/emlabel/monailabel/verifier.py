@@ -29,18 +29,17 @@ from emlabel.methods.em.verifier_training import (
     train_from_items,
 )
 from emlabel.monailabel.datastore import VersionedDatastore
+from emlabel.monailabel.registry import METHOD_BY_NAME
 from emlabel.monailabel.review import VERIFIER_INFO_KEY
 from emlabel.monailabel.tasks import OptionsTrainTask
 from emlabel.monailabel.versions import datastore_items
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.verify.learned import LearnedVerifierOptions
 
-SEGMENTATION_MODEL_FILE = "segmentation.pt"
-
 
 def segmentation_learner(model_dir: Path, settings: AppSettings) -> Learner | None:
     """The served segmentation model as the critic's learner, None before it is trained."""
-    if not (model_dir / SEGMENTATION_MODEL_FILE).exists():
+    if not (model_dir / METHOD_BY_NAME["segmentation"].model_file).exists():
         return None
     return load_learner("segmentation", settings=settings, model_dir=model_dir)
 

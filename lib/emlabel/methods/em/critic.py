@@ -46,7 +46,11 @@ from emlabel.verify.learned.selection import (
 )
 
 MIN_HUMAN_FOR_POPULATION = 3
-DEFAULT_MULTIPLE_OF = 8
+
+
+def grid_multiple(learner: Learner | None) -> int:
+    """The size multiple the learner's network needs (the interface's default without one)."""
+    return learner.multiple_of if learner is not None else Learner.multiple_of
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -156,7 +160,7 @@ class Critic:
         data = load_items(
             [item.as_dict() for item in labeled],
             settings=self.settings,
-            multiple_of=learner.multiple_of if learner is not None else DEFAULT_MULTIPLE_OF,
+            multiple_of=grid_multiple(learner),
         )
         if learner is not None:
             members = dict(zip(data.ids, learner.members(data), strict=True))
@@ -166,7 +170,7 @@ class Critic:
             labeled,
             data,
             settings=self.settings,
-            multiple_of=learner.multiple_of if learner is not None else DEFAULT_MULTIPLE_OF,
+            multiple_of=grid_multiple(learner),
         )
         label_map = self.settings.label_map
         features = {

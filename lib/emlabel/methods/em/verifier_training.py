@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from emlabel.errors import InvalidRequestError
-from emlabel.methods.em.critic import DEFAULT_MULTIPLE_OF
+from emlabel.methods.em.critic import grid_multiple
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import Learner
 from emlabel.settings import AppSettings
@@ -68,7 +68,7 @@ def train_from_items(
     data = load_items(
         [item.as_dict() for item in finals],
         settings=settings,
-        multiple_of=learner.multiple_of if learner is not None else DEFAULT_MULTIPLE_OF,
+        multiple_of=grid_multiple(learner),
     )
     members = learner.members(data) if learner is not None else [[] for _ in finals]
     label_map = settings.label_map
