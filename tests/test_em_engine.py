@@ -156,9 +156,17 @@ def test_em_loop_on_demo_files_writes_new_files_only(tiny_demo_template, tmp_pat
     )
     result = loop.run(items)
     (row,) = result.iterations
-    assert row["verified"] == sum(1 for i in items if i.label and not i.human)
+    unlabeled = {i.id for i in items if not i.label}
+    # the pseudo-labels of the unlabeled images are judged like the other machine labels
+    assert row["verified"] == sum(1 for i in items if not i.human) and unlabeled
     assert row["accepted"] + row["corrected"] + row["queued"] == row["verified"]
-    assert row["m_step"]["pseudo_labels"] == sum(1 for i in items if not i.label)
+    assert row["m_step"]["pseudo_labels"] + row["corrected"] >= len(unlabeled)
+    assert row["remaining_errors"]["meaningful"] is False  # no random review yet
+    replaced = {c.parent for c in result.corrections}
+    kept = {p.image_id for p in result.pseudo_labels}
+    assert kept == unlabeled and all(Path(p.path).parent == tmp_path for p in result.pseudo_labels)
+    assert all(p.tag in replaced for p in result.pseudo_labels if p.image_id in
+               {c.image_id for c in result.corrections})  # fmt: skip
     for correction in result.corrections:
         assert Path(correction.path).parent == tmp_path
         image = nib.load(next(i.image for i in items if i.id == correction.image_id))

@@ -87,6 +87,9 @@ class AppSettings:
     """Torch CPU threads for training and inference (0 = torch's default)."""
     review_budget: float = 0.05
     """Fraction of labeled images the ``verifier`` strategy may send to a human per EM iteration."""
+    review_random_share: float = 0.2
+    """Share of the reviews drawn at random among the unreviewed labels (the unbiased sample
+    the operating point and the remaining-errors estimate are fitted on)."""
     review_wrong_dice: float = 0.9
     """A reviewed machine label counts as wrong when Dice(it, the human final) is below this."""
     target_sensitivity: float = 0.95
@@ -164,6 +167,7 @@ class AppSettings:
             "sw_overlap": 0 <= self.sw_overlap < 1,
             "num_threads": self.num_threads >= 0,
             "review_budget": 0 <= self.review_budget <= 1,
+            "review_random_share": 0 <= self.review_random_share <= 1,
             "review_wrong_dice": 0 < self.review_wrong_dice <= 1,
             "target_sensitivity": 0 < self.target_sensitivity <= 1,
             "cgs_channels": len(self.cgs_channels) == 5 and min(self.cgs_channels) > 0,

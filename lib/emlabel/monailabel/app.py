@@ -78,7 +78,8 @@ class EMLabelAppBase(MONAILabelApp):
         atomic_write_json(record, self.model_dir / "plan.json")
 
     def info(self) -> dict[str, Any]:
-        """MONAI Label's ``/info`` plus ``emlabel_plan``: the plan and the settings it gave."""
+        """MONAI Label's ``/info`` plus ``emlabel_plan`` (the plan and the settings it gave) and
+        ``emlabel_review`` (budget, reviews by routing, labels probably still wrong)."""
         meta = super().info()
         planned = self.plan.settings_values() if self.plan else {}
         meta["emlabel_plan"] = {
@@ -95,6 +96,14 @@ class EMLabelAppBase(MONAILabelApp):
                 if (list(v) if isinstance(v := getattr(self.settings, key), tuple) else v) != value
             ),
         }  # fmt: skip
+        datastore = self.datastore()
+        if isinstance(datastore, VersionedDatastore):
+            from emlabel.methods.em import EMFiles
+            from emlabel.monailabel.review import review_status
+
+            meta["emlabel_review"] = review_status(
+                datastore, settings=self.settings, files=EMFiles(self.model_dir)
+            )
         return meta
 
     # ----------------------------------------------------------- datastore

@@ -33,6 +33,7 @@ from emlabel.methods.em import (
     Learner,
     operating_point,
     pending_tag,
+    random_reviews,
     scored_reviews,
     structure_reviews,
 )
@@ -84,9 +85,11 @@ class EMTrainTask(OptionsTrainTask):
         reviews = self.files.load_reviews()
         roc = operating_point(reviews, settings.target_sensitivity)
         review_threshold = options.review_threshold
-        if roc and math.isfinite(roc["point"].threshold):
+        if roc and roc["meaningful"] and math.isfinite(roc["point"].threshold):
             review_threshold = min(float(roc["point"].threshold), options.correct_threshold)
         started, first = now_iso(), self.files.iteration() + 1
+        model_file = self.model_dir / learner.model_file
+        model_before = model_ref(model_file) if learner.trained else None
         rows: list[dict[str, Any]] = []
 
         def progress(row: dict[str, Any]) -> None:
@@ -108,10 +111,14 @@ class EMTrainTask(OptionsTrainTask):
                 on_iteration=progress,
                 learned=learned,
                 review_scores=scored_reviews(reviews),
+                random_reviews=random_reviews(reviews),
             )
             result = loop.run(items, first_iteration=first)
             last = first + options.iterations - 1
-            checksum = self._commit(run, learner, settings, result, last, learned_ref)
+            checksum = self._commit(
+                run, learner, settings, result, last, learned_ref,
+                pseudo_model={first: model_before},
+            )  # fmt: skip
             if roc is not None:
                 save_roc(roc["curve"], roc["point"], run.stage_path(self.files.roc_json),
                          run.stage_path(self.files.roc_png))  # fmt: skip
@@ -145,8 +152,11 @@ class EMTrainTask(OptionsTrainTask):
         result: EMResult,
         last: int,
         learned_ref: str | None,
+        pseudo_model: dict[int, str | None],
     ) -> str:
-        """Stage the model, store the corrections, buffer each judged image's verifier info."""
+        """Stage the model, store the pseudo-labels and corrections, buffer each judged
+        image's verifier info. ``pseudo_model``: iteration -> the stored model that made
+        its pseudo-labels (later iterations' come from models trained in this run)."""
         path = self.model_dir / learner.model_file
         meta = {"method": learner.name, "trained_by": "em", "labels": list(settings.labels),
                 "settings": settings_to_dict(settings), "trained_at": now_iso(),
@@ -156,6 +166,14 @@ class EMTrainTask(OptionsTrainTask):
         )
         model = f"{path.name}@sha256:{checksum[:16]}"
         written, stored = {}, {}  # image -> its last stored correction; pending tag -> stored
+        for p in result.pseudo_labels:
+            provenance = Provenance(
+                kind=LabelKind.PSEUDO, source="em", version=0, iteration=p.iteration,
+                model=pseudo_model.get(p.iteration),
+                reason=f"EM iteration {p.iteration}: the prediction of the model entering "
+                "it, for an image without a label",
+            )  # fmt: skip
+            stored[p.tag] = run.add_version(p.image_id, p.path, provenance).tag
         for c in result.corrections:
             provenance = Provenance(
                 kind=LabelKind.CORRECTED, source="em", version=0,
@@ -186,7 +204,8 @@ class EMTrainTask(OptionsTrainTask):
                 "threshold": point.threshold, "sensitivity": point.sensitivity,
                 "specificity": point.specificity, "review_fraction": point.review_fraction,
                 "target_sensitivity": point.target_sensitivity, "n_reviews": point.n,
-                "auc": roc["curve"].auc,
+                "auc": roc["curve"].auc, "sample": roc["sample"],
+                "meaningful": roc["meaningful"], "note": roc["note"],
             }  # fmt: skip
         return {
             "state": state,

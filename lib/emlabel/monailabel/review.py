@@ -1,4 +1,5 @@
-"""Review in the app: strategy ``verifier`` (what a human should look at next) and records.
+"""Review in the app: strategy ``verifier`` (what a human should look at next), records and
+the review status ``/info`` shows (budget, reviews by routing, labels probably still wrong).
 
 A human ``final`` saved for an image the strategy served is a review: the outcome (was the
 machine label wrong?) is appended to ``model/em_reviews.json``, the ground truth the
@@ -7,6 +8,7 @@ verifier is recalibrated on and the ROC operating point is chosen from.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,13 @@ from emlabel.atomic import atomic_write_json
 from emlabel.data.label_files import read_label
 from emlabel.labels import LabelKind
 from emlabel.labels.provenance import now_iso
-from emlabel.methods.em import EMFiles, review_record
+from emlabel.methods.em import EMFiles, random_reviews, review_record
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.settings import AppSettings
 from emlabel.verify import select_for_review
 from emlabel.verify.budget import budget_report
+from emlabel.verify.remaining import estimate_remaining_errors
+from emlabel.verify.routing import Routing, next_routing, random_pick
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ def record_review(
         label_map=settings.label_map,
         wrong_dice=settings.review_wrong_dice,
         time=now_iso(),
+        routing=routed.get("routing", Routing.VERIFIER),
     )
     atomic_write_json([*files.load_reviews(), record], files.reviews)
     outcome = {"reviewed": record["time"], "was_wrong": record["image_wrong"],
@@ -64,16 +69,89 @@ def record_review(
     return record
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReviewScan:
+    """What the datastore says about reviews in EM iteration ``iteration``."""
+
+    iteration: int
+    scores: dict[str, float]
+    """Image -> its verifier score, for images without a human final (the unreviewed)."""
+    served_now: frozenset[str]
+    """Images served for review in this iteration."""
+    reviewed: frozenset[str]
+    """Images with a human final."""
+    n_labeled: int
+    """Images with a label (pseudo-labels included): the budget's base."""
+    served: int
+    """Reviews served so far, over every iteration."""
+    served_random: int
+    """Of those, drawn at random."""
+
+
+def scan_reviews(datastore: VersionedDatastore, *, iteration: int) -> ReviewScan:
+    """One pass over the image infos: scores, who was served and reviewed, the budget base."""
+    scores, served_now, reviewed = {}, set(), set()
+    n_labeled = served = served_random = 0
+    for image_id in datastore.list_images():
+        info = datastore.get_image_info(image_id)
+        n_labeled += datastore.best_label(image_id, include_pseudo=True) is not None
+        routed = info.get(REVIEW_INFO_KEY) or {}
+        if "served" in routed:
+            served += 1
+            served_random += routed.get("routing") == Routing.RANDOM
+            if routed.get("iteration") == iteration:
+                served_now.add(image_id)
+        if "final" in datastore.get_labels_by_image_id(image_id):
+            reviewed.add(image_id)
+            continue
+        verdict = info.get(VERIFIER_INFO_KEY)
+        if verdict and verdict.get("score") is not None:
+            scores[image_id] = float(verdict["score"])
+    return ReviewScan(
+        iteration=iteration, scores=scores, served_now=frozenset(served_now),
+        reviewed=frozenset(reviewed), n_labeled=n_labeled, served=served,
+        served_random=served_random,
+    )  # fmt: skip
+
+
+def review_status(
+    datastore: VersionedDatastore, *, settings: AppSettings, files: EMFiles
+) -> dict[str, Any]:
+    """``/info``'s ``emlabel_review``: this iteration's budget, the reviews so far by how they
+    were routed, and how many labels are probably still wrong (:mod:`emlabel.verify.remaining`)."""
+    scan = scan_reviews(datastore, iteration=files.iteration() + 1)
+    records = files.load_reviews()
+    budget = budget_report(
+        len(scan.served_now), budget_fraction=settings.review_budget, n_labeled=scan.n_labeled
+    )
+    estimate = estimate_remaining_errors(
+        list(scan.scores.values()),
+        random_reviews(records),
+        target_sensitivity=settings.target_sensitivity,
+    )
+    by_routing = {r.value: sum(x.get("routing", Routing.VERIFIER) == r for x in records)
+                  for r in Routing}  # fmt: skip
+    return {
+        "iteration": scan.iteration,
+        "budget": budget.to_dict(),
+        "random_share": settings.review_random_share,
+        "reviews": by_routing,
+        "remaining_errors": estimate.to_dict(),
+    }
+
+
 class VerifierStrategy(Strategy):
-    """Strategy ``verifier``: the unreviewed image whose label the system trusts least.
+    """Strategy ``verifier``: the unreviewed image whose label the system trusts least, or,
+    for a share of the reviews, a random unreviewed one (:mod:`emlabel.verify.routing`).
 
     Hands out at most ``review_budget`` of the labeled images per EM iteration (distinct
-    images), most doubtful first, and answers with the score and the top reasons.
+    images) and answers with the score, the top reasons and how the image was routed.
     """
 
     def __init__(self, *, settings: AppSettings, model_dir: str) -> None:
         super().__init__(
-            "Verifier disagreement: least trusted label first, within the review budget"
+            "Verifier disagreement: least trusted label first (a share at random), within "
+            "the review budget"
         )
         self.settings = settings
         self.files = EMFiles(Path(model_dir))
@@ -81,42 +159,52 @@ class VerifierStrategy(Strategy):
     def __call__(
         self, request: dict[str, Any], datastore: VersionedDatastore
     ) -> dict[str, Any] | None:
-        iteration = self.files.iteration() + 1
-        scores, served, reviewed, labeled = {}, set(), set(), 0
-        for image_id in datastore.list_images():
-            info = datastore.get_image_info(image_id)
-            labeled += datastore.best_label(image_id) is not None
-            verdict = info.get(VERIFIER_INFO_KEY)
-            if (info.get(REVIEW_INFO_KEY) or {}).get("iteration") == iteration:
-                served.add(image_id)
-            if "final" in datastore.get_labels_by_image_id(image_id):
-                reviewed.add(image_id)
-            if verdict and verdict.get("score") is not None:
-                scores[image_id] = float(verdict["score"])
-        budget_fraction, n_used = self.settings.review_budget, len(served)
-        chosen = select_for_review(
-            scores, already_reviewed=served | reviewed, budget_fraction=budget_fraction,
-            n_labeled=labeled, used=n_used,
-        )  # fmt: skip
+        scan = scan_reviews(datastore, iteration=self.files.iteration() + 1)
+        budget_fraction = self.settings.review_budget
         budget = budget_report(
-            n_used + bool(chosen), budget_fraction=budget_fraction, n_labeled=labeled
+            len(scan.served_now), budget_fraction=budget_fraction, n_labeled=scan.n_labeled
         )
-        if not chosen:
+        open_ids = set(scan.scores) - scan.served_now
+        routing = next_routing(
+            served=scan.served, served_random=scan.served_random,
+            random_share=self.settings.review_random_share,
+        )  # fmt: skip
+        image_id = None
+        if budget.remaining and routing == Routing.RANDOM:
+            seed = f"{self.settings.seed}:{scan.iteration}:{scan.served}"
+            image_id = random_pick(open_ids, seed=seed)
+        elif budget.remaining:
+            chosen = select_for_review(
+                scan.scores, already_reviewed=scan.served_now | scan.reviewed,
+                budget_fraction=budget_fraction, n_labeled=scan.n_labeled,
+                used=len(scan.served_now),
+            )  # fmt: skip
+            image_id = chosen[0] if chosen else None
+        if image_id is None:
             logger.info(
                 "verifier strategy: nothing to offer (budget %s/%s used)",
                 budget.used,
                 budget.budget,
             )
             return None
-        image_id = chosen[0]
         verdict = datastore.get_image_info(image_id)[VERIFIER_INFO_KEY]
-        served_info = {"iteration": iteration, "served": now_iso(), "score": verdict["score"]}
+        served_info = {"iteration": scan.iteration, "served": now_iso(),
+                       "score": verdict["score"], "routing": routing.value}  # fmt: skip
         datastore.update_image_info(image_id, {REVIEW_INFO_KEY: served_info})
         reasons = verdict.get("reasons", [])
+        reason = "; ".join(reasons[:1]) or "highest verifier score"
+        if routing == Routing.RANDOM:
+            reason = (
+                f"random draw among {len(open_ids)} unreviewed labels (a "
+                f"{self.settings.review_random_share:.0%} share of the reviews: the unbiased "
+                "sample the operating point and the remaining-errors estimate are fitted on)"
+            )
         return {
             "id": image_id,
             "score": verdict["score"],
             "reasons": reasons,
-            "reason": "; ".join(reasons[:1]) or "highest verifier score",
-            "budget": {"used": budget.used, "budget": budget.budget, "iteration": iteration},
-        }
+            "reason": reason,
+            "routing": routing.value,
+            "budget": {"used": budget.used + 1, "budget": budget.budget,
+                       "iteration": scan.iteration},
+        }  # fmt: skip

@@ -109,7 +109,8 @@ class VerifierScoring(ScoringMethod):
             settings=self.settings, reviews=structure_reviews(records), learned=learned,
             review_scores=scored_reviews(records),
         )  # fmt: skip
-        run = critic.run(datastore_items(datastore), learner)
+        # pseudo-labels too: the ones EM made are machine labels a human may need to see
+        run = critic.run(datastore_items(datastore, include_pseudo=True), learner)
         iteration = self.files.iteration() + 1  # the reviews it routes feed the next iteration
         model = model_ref(self.model_path) if learner is not None else None
         learned_ref = model_ref(model_dir / VERIFIER_MODEL_FILE) if learned is not None else None

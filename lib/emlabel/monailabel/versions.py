@@ -24,12 +24,13 @@ MIN_ANNOTATORS = 2
 """Users an image needs before their labels reach the engine as annotations."""
 
 
-def datastore_items(datastore: VersionedDatastore) -> list[EMItem]:
-    """Every image with its best label (None when it has none) and its annotators' labels
+def datastore_items(datastore: VersionedDatastore, *, include_pseudo: bool = False) -> list[EMItem]:
+    """Every image with its best label (None when it has none; a pseudo-label only with
+    ``include_pseudo``) and its annotators' labels
     (:meth:`VersionedDatastore.annotator_labels`, from two users on), sorted by id."""
     items = []
     for image_id in sorted(datastore.list_images()):
-        best = datastore.best_label(image_id)
+        best = datastore.best_label(image_id, include_pseudo=include_pseudo)
         annotators = datastore.annotator_labels(image_id)
         annotations = (
             tuple(datastore.get_label_uri(image_id, v.tag) for v in annotators.values())

@@ -1,9 +1,13 @@
 """The EM loop: E-step (critic, expert: accept / correct / route), M-step (retrain), repeated.
 
-Plain library code over :class:`EMItem` files and a :class:`Learner`. Corrections and
-pseudo-labels are written as new NIfTI files in a work folder; nothing the items point
-at is changed. The caller (the ``em`` trainer) decides what becomes a label version and
-when (all at once, after the last M-step succeeded).
+Plain library code over :class:`EMItem` files and a :class:`Learner`. Each iteration first
+gives every image without a label the current model's prediction (a pseudo-label, unless
+the learner trains on unlabeled images itself), so the critic judges pseudo-labels like
+any machine label and the E-step can correct them or send them to a human; the M-step then
+trains on the finals, the other labels and the pseudo-labels as the E-step left them.
+Corrections and pseudo-labels are written as new files in a work folder; nothing the items
+point at is changed. The caller (the ``em`` trainer) decides what becomes a label version
+and when (all at once, after the last M-step succeeded).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 from emlabel.verify import Review
 from emlabel.verify.learned import LearnedVerifier
+from emlabel.verify.remaining import estimate_remaining_errors
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,20 @@ class Correction:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class PseudoLabel:
+    """The model's prediction for an image without a label, made at the start of
+    ``iteration`` (by the model the previous M-step trained), in ``path``."""
+
+    image_id: str
+    path: str
+    iteration: int
+
+    @property
+    def tag(self) -> str:
+        return pending_tag(self.image_id, self.iteration, kind="pseudo")
+
+
 @dataclasses.dataclass
 class EMResult:
     """What a run of the loop produced (nothing of it stored yet)."""
@@ -52,6 +71,9 @@ class EMResult:
     corrections: list[Correction]
     last_run: CriticRun | None
     last_decisions: list[Decision]
+    pseudo_labels: list[PseudoLabel] = dataclasses.field(default_factory=list)
+    """The pseudo-labels to keep: each image's last one and every one a correction replaced
+    (in the order made: a correction's parent comes before it)."""
 
 
 def save_on_image_grid(
@@ -70,33 +92,49 @@ def save_on_image_grid(
 
 
 def pseudo_label_files(
-    learner: Learner, items: Sequence[EMItem], *, settings: AppSettings, workdir: Path
-) -> list[EMItem]:
-    """Items without a label, each with the learner's prediction as a file in ``workdir``."""
+    learner: Learner,
+    items: Sequence[EMItem],
+    *,
+    settings: AppSettings,
+    workdir: Path,
+    iteration: int,
+) -> list[PseudoLabel]:
+    """The learner's prediction for each of ``items`` as a file in ``workdir``."""
     out = []
-    for item in (item for item in items if not item.label):
+    for item in items:
         # one image at a time: its own padding (as when it is served) and bounded memory
-        data = load_items([item.as_dict()], settings=settings, multiple_of=learner.multiple_of)
+        data = load_items(
+            [{"id": item.id, "image": item.image}], settings=settings,
+            multiple_of=learner.multiple_of,
+        )  # fmt: skip
         (label,) = learner.predict(data)
         path = save_on_image_grid(
             label,
             data,
             0,
             image=item.image,
-            path=workdir / f"{item.id}.pseudo.nii.gz",
+            path=workdir / f"{item.id}.pseudo.it{iteration}.nii.gz",
             settings=settings,
         )
-        out.append(item.with_label(path, tag="pseudo-label"))
+        out.append(PseudoLabel(image_id=item.id, path=path, iteration=iteration))
     return out
 
 
-def pending_tag(image_id: str, iteration: int) -> str:
-    """Stand-in tag of a correction not stored yet (the caller maps it to the stored tag)."""
-    return f"pending:{image_id}:{iteration}"
+def pending_tag(image_id: str, iteration: int, *, kind: str = "correction") -> str:
+    """Stand-in tag of a correction or pseudo-label not stored yet (the caller maps it to the
+    stored tag)."""
+    prefix = "pending" if kind == "correction" else f"pending-{kind}"
+    return f"{prefix}:{image_id}:{iteration}"
 
 
 class EMLoop:
-    """``options.iterations`` x (critic + E-step, M-step) with one learner."""
+    """``options.iterations`` x (pseudo-labels, critic + E-step, M-step) with one learner.
+
+    ``random_reviews`` (score when judged, was wrong) of the reviews drawn at random give
+    each iteration's remaining-errors estimate (:mod:`emlabel.verify.remaining`); the scores
+    of labels the E-step corrected are those before the correction (until the next
+    iteration judges the correction).
+    """
 
     def __init__(
         self,
@@ -110,6 +148,7 @@ class EMLoop:
         on_iteration: Callable[[dict[str, Any]], None] | None = None,
         learned: LearnedVerifier | None = None,
         review_scores: Sequence[tuple[Mapping[str, float], bool]] = (),
+        random_reviews: Sequence[tuple[float, bool]] = (),
     ) -> None:
         self.learner = learner
         self.settings = settings
@@ -120,31 +159,51 @@ class EMLoop:
         self.review_threshold = review_threshold
         self.workdir = Path(workdir)
         self.on_iteration = on_iteration
+        self.random_reviews = list(random_reviews)
+
+    @property
+    def makes_pseudo_labels(self) -> bool:
+        """Pseudo-labels are made unless switched off or the learner uses unlabeled images."""
+        return self.options.pseudo_labels and not self.learner.semi_supervised
 
     def m_step(self, items: Sequence[EMItem]) -> dict[str, Any]:
-        """Retrain the learner on the current labels (+ pseudo-labels of unlabeled images)."""
-        train = [item for item in items if item.label]
-        n_pseudo = 0
-        if self.learner.semi_supervised:
-            train = list(items)
-        elif self.options.pseudo_labels and self.learner.trained:
-            pseudo = pseudo_label_files(
-                self.learner, items, settings=self.settings, workdir=self.workdir
-            )
-            train += pseudo
-            n_pseudo = len(pseudo)
+        """Retrain the learner on the current labels (pseudo-labels included); a
+        semi-supervised learner gets the unlabeled images too."""
+        train = list(items) if self.learner.semi_supervised else [i for i in items if i.label]
+        n_pseudo = sum(bool(i.tag and i.tag.startswith("pending-pseudo:")) for i in items)
         stats = self.learner.fit(train, FitSpec(epochs=self.options.epochs, seed=self.options.seed))
         return stats | {"pseudo_labels": n_pseudo}
+
+    def refresh_pseudo_labels(
+        self, current: dict[str, EMItem], unlabeled: Sequence[str], iteration: int
+    ) -> list[PseudoLabel]:
+        """Give each unlabeled image whose label is not a correction the current model's
+        prediction (in ``current``); the pseudo-labels made."""
+        due = [
+            current[i] for i in unlabeled
+            if current[i].tag is None or current[i].tag.startswith("pending-pseudo:")
+        ]  # fmt: skip
+        made = pseudo_label_files(
+            self.learner, due, settings=self.settings, workdir=self.workdir, iteration=iteration
+        )
+        for pseudo in made:
+            current[pseudo.image_id] = current[pseudo.image_id].with_label(
+                pseudo.path, tag=pseudo.tag
+            )
+        return made
 
     def run(self, items: Sequence[EMItem], *, first_iteration: int = 1) -> EMResult:
         """Iterate; ``items`` carry the current best labels (the learner may be untrained)."""
         current = {item.id: item for item in items}
+        unlabeled = [item.id for item in items if not item.label]
         if not self.learner.trained:
             logger.info("em: no %s model yet; an M-step comes first", self.learner.name)
             self.m_step(list(current.values()))
-        rows, corrections = [], []
+        rows, corrections, pseudo_made = [], [], {}
         run, decisions = None, []
         for n in range(first_iteration, first_iteration + self.options.iterations):
+            if self.makes_pseudo_labels:
+                pseudo_made |= {p.tag: p for p in self.refresh_pseudo_labels(current, unlabeled, n)}
             run = self.critic.run(list(current.values()), self.learner)
             result = e_step(
                 labels={i: run.label(i) for i in run.machine_ids},
@@ -189,6 +248,11 @@ class EMLoop:
                 )
             m_stats = self.m_step(list(current.values()))
             row = summarize_iteration(n, decisions, run, m_stats)
+            row["remaining_errors"] = estimate_remaining_errors(
+                [d.probability_wrong for d in decisions],
+                self.random_reviews,
+                target_sensitivity=self.settings.target_sensitivity,
+            ).to_dict()
             rows.append(row)
             logger.info(
                 "em iteration %d: %s",
@@ -197,8 +261,13 @@ class EMLoop:
             )
             if self.on_iteration is not None:
                 self.on_iteration(row)
+        keep = {item.tag for item in current.values()} | {c.parent for c in corrections}
         return EMResult(
-            iterations=rows, corrections=corrections, last_run=run, last_decisions=decisions
+            iterations=rows,
+            corrections=corrections,
+            last_run=run,
+            last_decisions=decisions,
+            pseudo_labels=[p for tag, p in pseudo_made.items() if tag in keep],
         )
 
 

@@ -16,6 +16,10 @@ import numpy as np
 
 from emlabel.metrics import dice
 from emlabel.verify import Review, StructureFeatures, choose_threshold, roc_curve
+from emlabel.verify.routing import Routing
+
+MIN_RANDOM_PER_CLASS = 3
+"""Wrong and right random reviews each before the operating point is fitted on them alone."""
 
 
 def review_record(
@@ -27,8 +31,10 @@ def review_record(
     label_map: Mapping[str, int],
     wrong_dice: float,
     time: str,
+    routing: str = Routing.VERIFIER,
 ) -> dict[str, Any]:
-    """The outcome of one review; ``judged`` is the verifier info of the judged label.
+    """The outcome of one review; ``judged`` is the verifier info of the judged label,
+    ``routing`` how the label was chosen for review (:class:`emlabel.verify.routing.Routing`).
 
     Overall Dice = mean over the structures present in either label (1 if none).
     """
@@ -61,6 +67,7 @@ def review_record(
         "image_score": judged.get("score"),
         "dice": round(overall, 6),
         "image_wrong": bool(overall < wrong_dice),
+        "routing": routing,
         "structures": structures,
     }
 
@@ -84,16 +91,46 @@ def scored_reviews(records: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str,
     ]
 
 
+def random_reviews(records: Sequence[Mapping[str, Any]]) -> list[tuple[float, bool]]:
+    """``(image score when judged, was wrong)`` of the reviews drawn at random
+    (:mod:`emlabel.verify.routing`): the unbiased sample of the unreviewed labels."""
+    return [
+        (float(r["image_score"]), bool(r["image_wrong"]))
+        for r in records
+        if r.get("routing") == Routing.RANDOM and r.get("image_score") is not None
+    ]
+
+
 def operating_point(records: Sequence[Mapping[str, Any]], target: float) -> dict[str, Any] | None:
     """ROC of the verifier's image scores against the review outcomes, and its threshold.
 
-    None until the reviews hold both a wrong and a right label.
+    Fitted on the random reviews alone once they hold ``MIN_RANDOM_PER_CLASS`` wrong and as
+    many right labels (an unbiased sample); until then on all reviews, most of which the
+    verifier picked itself (``sample`` says which, ``meaningful`` whether the point can be
+    trusted). None until the reviews hold both a wrong and a right label.
     """
-    pairs = [
+    random_pairs = random_reviews(records)
+    unbiased = all(
+        sum(w == bad for _, w in random_pairs) >= MIN_RANDOM_PER_CLASS for bad in (True, False)
+    )
+    pairs = random_pairs if unbiased else [
         (r["image_score"], r["image_wrong"]) for r in records if r.get("image_score") is not None
-    ]
+    ]  # fmt: skip
     if not pairs or len({w for _, w in pairs}) < 2:
         return None
     scores, bad = zip(*pairs, strict=True)
     point = choose_threshold(list(scores), list(bad), target_sensitivity=target)
-    return {"curve": roc_curve(list(scores), list(bad)), "point": point}
+    sample = "random reviews" if unbiased else "all reviews (mostly the verifier's own picks)"
+    note = (
+        f"fitted on {len(pairs)} {sample}"
+        if unbiased
+        else f"not meaningful yet: fitted on {len(pairs)} {sample}; an unbiased point needs "
+        f"{MIN_RANDOM_PER_CLASS} wrong and {MIN_RANDOM_PER_CLASS} right random reviews"
+    )
+    return {
+        "curve": roc_curve(list(scores), list(bad)),
+        "point": point,
+        "sample": "random" if unbiased else "all",
+        "meaningful": unbiased,
+        "note": note,
+    }
