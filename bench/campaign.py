@@ -107,11 +107,14 @@ class Arm:
 class Protocol:
     """Sizes of one run (``--quick`` shrinks them)."""
 
-    rounds: int = 4
-    epochs: int = 12
+    rounds: int = 3
+    epochs: int = 10
     n_finals: int = 5
     review_budget: float = 0.02
     """Reviews per round as a fraction of the training images (the app's review_budget)."""
+    min_steps_per_epoch: int = 25
+    """The app's setting, for every arm and the reference: 5 finals are one batch, and 10
+    epochs of one batch leave the first model (and so its pseudo-labels) untrained."""
 
 
 # ------------------------------------------------------------------ data sets
@@ -322,6 +325,7 @@ class Campaign:
         return self.dataset.conf | self.arm.conf | {
             "review_budget": str(self.protocol.review_budget), "seed": str(self.seed),
             "max_epochs": str(self.protocol.epochs),
+            "min_steps_per_epoch": str(self.protocol.min_steps_per_epoch),
         } | self.extra_conf  # fmt: skip
 
     def prepare(self) -> None:
@@ -530,17 +534,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="shenzhen,phantoms,bubil")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learners", default="segmentation,aide")
+    parser.add_argument(
+        "--other-learners-on", default="shenzhen",
+        help="data sets on which the learners besides segmentation run (default shenzhen)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for development")
     parser.add_argument("--out", default="bench/results/campaign")
     args = parser.parse_args(argv)
     protocol = Protocol(rounds=2 if args.quick else args.rounds,
-                        epochs=2 if args.quick else args.epochs)  # fmt: skip
+                        epochs=2 if args.quick else args.epochs,
+                        min_steps_per_epoch=2 if args.quick else Protocol.min_steps_per_epoch)  # fmt: skip
     learners = args.learners.split(",")
-    arms = [Arm(routing=r, learner="segmentation") for r in ("verifier", "random", "none")]
-    arms += [Arm(routing="verifier", learner=k) for k in learners if k != "segmentation"]
+    seg_arms = [Arm(routing=r, learner="segmentation") for r in ("verifier", "random", "none")]
+    other_arms = [Arm(routing="verifier", learner=k) for k in learners if k != "segmentation"]
     header, started = run_header(), time.monotonic()
     results, references = [], []
 
@@ -557,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"test images, scenario {dataset.scenario}")  # fmt: skip
                 work = root / f"run-{name}-{seed}"
                 references.append(full_supervision(dataset, protocol, seed, work, log))
+                arms = seg_arms + (other_arms if name in args.other_learners_on.split(",") else [])
                 results += run_arms(dataset, arms, protocol, seed, work, log)
                 payload = {**header, "protocol": dataclasses.asdict(protocol),
                            "results": results, "full_supervision": references}  # fmt: skip

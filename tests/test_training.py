@@ -121,3 +121,19 @@ def test_trainer_request_options(tmp_path):
         trainer.parse_request({"epochs": 3})
     with pytest.raises(InvalidRequestError, match="max_epochs"):
         trainer.parse_request({"max_epochs": -1})
+
+
+def test_a_small_labeled_set_is_sampled_up_to_the_minimum_steps_per_epoch():
+    import dataclasses
+
+    from emlabel.errors import SettingsError
+    from emlabel.training.supervised import epoch_sampling
+
+    settings = dataclasses.replace(AppSettings(), train_batch_size=4, min_steps_per_epoch=25)
+    assert epoch_sampling(200, settings) == {"shuffle": True}  # 50 batches: one pass
+    sampler = epoch_sampling(5, settings)["sampler"]
+    drawn = list(iter(sampler))
+    assert len(drawn) == 100 and set(drawn) <= set(range(5)) and len(set(drawn)) == 5
+    assert epoch_sampling(5, AppSettings()) == {"shuffle": True}  # 0: stock behaviour
+    with pytest.raises(SettingsError, match="min_steps_per_epoch"):
+        dataclasses.replace(AppSettings(), min_steps_per_epoch=-1).validate()

@@ -33,6 +33,8 @@ CONFIG_FILE_KEY = "config"
 MAX_TOKEN_MINUTES = 30 * 24 * 60
 # Largest body cap (``max_upload_mb``): 1 TiB.
 MAX_UPLOAD_MB = 1 << 20
+# Largest ``min_steps_per_epoch``.
+MAX_STEPS_PER_EPOCH = 10_000
 # A browser origin: scheme, host and optional port, nothing else ("*" is not an origin).
 _ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:[0-9]{1,5})?/?")
 
@@ -73,6 +75,9 @@ class AppSettings:
     """Training epochs of the ``segmentation`` trainer."""
     train_batch_size: int = 2
     """Volumes per training batch."""
+    min_steps_per_epoch: int = 0
+    """Fewest optimizer steps per ``segmentation`` epoch: a small labeled set is sampled with
+    replacement up to this (nnU-Net fixes 250 per epoch); 0 = one pass over the data."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
     val_fraction: float = 0.2
@@ -161,6 +166,7 @@ class AppSettings:
             "num_res_units": self.num_res_units >= 0,
             "max_epochs": self.max_epochs >= 1,
             "train_batch_size": self.train_batch_size >= 1,
+            "min_steps_per_epoch": 0 <= self.min_steps_per_epoch <= MAX_STEPS_PER_EPOCH,
             "learning_rate": self.learning_rate > 0,
             "val_fraction": 0 <= self.val_fraction < 1,
             "affine_tolerance": self.affine_tolerance >= 0,

@@ -124,6 +124,15 @@ class VersionedDatastore(LocalDatastore):
             found.append(LabelVersion(image_id=image_id, tag=tag, provenance=provenance))
         return sorted(found, key=lambda v: v.version)
 
+    def image_states(self) -> dict[str, tuple[dict[str, Any], list[LabelVersion]]]:
+        """Every image's info and label versions from one read of the index (a scan over all
+        images by :meth:`get_image_info` and :meth:`versions` reads it twice per image)."""
+        self._init_from_datastore_file()
+        return {
+            image_id: (dict(obj.image.info), self._versions_loaded(image_id))
+            for image_id, obj in self._datastore.objects.items()
+        }
+
     def best_label(self, image_id: str, *, include_pseudo: bool = False) -> LabelVersion | None:
         """The label a trainer should learn from (see :mod:`emlabel.labels.resolver`)."""
         return best_version(self.versions(image_id), include_pseudo=include_pseudo)

@@ -19,6 +19,8 @@ from emlabel.atomic import atomic_write_json
 from emlabel.data.label_files import read_label
 from emlabel.labels import LabelKind
 from emlabel.labels.provenance import now_iso
+from emlabel.labels.resolver import best_version
+from emlabel.labels.versions import FINAL_TAG
 from emlabel.methods.em import EMFiles, random_reviews, review_record
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.settings import AppSettings
@@ -92,16 +94,15 @@ def scan_reviews(datastore: VersionedDatastore, *, iteration: int) -> ReviewScan
     """One pass over the image infos: scores, who was served and reviewed, the budget base."""
     scores, served_now, reviewed = {}, set(), set()
     n_labeled = served = served_random = 0
-    for image_id in datastore.list_images():
-        info = datastore.get_image_info(image_id)
-        n_labeled += datastore.best_label(image_id, include_pseudo=True) is not None
+    for image_id, (info, versions) in datastore.image_states().items():
+        n_labeled += best_version(versions, include_pseudo=True) is not None
         routed = info.get(REVIEW_INFO_KEY) or {}
         if "served" in routed:
             served += 1
             served_random += routed.get("routing") == Routing.RANDOM
             if routed.get("iteration") == iteration:
                 served_now.add(image_id)
-        if "final" in datastore.get_labels_by_image_id(image_id):
+        if any(v.tag == FINAL_TAG and not v.provenance.deleted for v in versions):
             reviewed.add(image_id)
             continue
         verdict = info.get(VERIFIER_INFO_KEY)

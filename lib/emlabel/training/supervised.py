@@ -21,6 +21,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 from monai.utils import set_determinism
+from torch.utils.data import RandomSampler
 
 from emlabel.settings import AppSettings
 from emlabel.training.skeleton import EpochTrainer
@@ -65,6 +66,16 @@ def split_items(
     return items[n_val:], items[:n_val]
 
 
+def epoch_sampling(n_items: int, settings: AppSettings) -> dict[str, Any]:
+    """DataLoader arguments for one epoch: a shuffled pass over the items, or, when that gives
+    fewer than ``settings.min_steps_per_epoch`` batches, ``min_steps * batch_size`` items drawn
+    with replacement (torch's ``RandomSampler``), as nnU-Net fixes its steps per epoch."""
+    wanted = settings.min_steps_per_epoch * settings.train_batch_size
+    if n_items >= wanted:
+        return {"shuffle": True}
+    return {"sampler": RandomSampler(range(n_items), replacement=True, num_samples=wanted)}
+
+
 class SupervisedTrainer(EpochTrainer[EpochStats]):
     """DiceCE training on labeled items, keeping the weights of the best validation Dice."""
 
@@ -90,8 +101,9 @@ class SupervisedTrainer(EpochTrainer[EpochStats]):
         self.val_ids = [str(x["id"]) for x in val_items]
         train_ds = CacheDataset(list(train_items), transform=train_chain(settings), progress=False)
         self.loader = DataLoader(
-            train_ds, batch_size=settings.train_batch_size, shuffle=True, num_workers=0
-        )
+            train_ds, batch_size=settings.train_batch_size, num_workers=0,
+            **epoch_sampling(len(train_ds), settings),
+        )  # fmt: skip
         self.val_ds = CacheDataset(list(val_items), transform=eval_chain(settings), progress=False)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
