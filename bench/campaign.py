@@ -241,7 +241,7 @@ def train(client: Any, model: str, params: dict[str, Any]) -> dict[str, Any]:
     return client.info()["train_stats"][model]
 
 
-def test_dice(client: Any, model: str, dataset: Dataset, tmp: Path) -> list[float]:
+def test_dice(client: Any, model: str, dataset: Dataset) -> list[float]:
     """Dice of the served model's answer for every test image (uploaded, not in the datastore)."""
     out = []
     for case in dataset.test:
@@ -261,7 +261,8 @@ def label_quality(client: Any, dataset: Dataset) -> dict[str, Any]:
     for case in dataset.train:
         labels = objects.get(case.id, {}).get("labels", {})
         versions = [LabelVersion(case.id, tag, p) for tag, entry in labels.items()
-                    if (p := Provenance.from_info(entry.get("info", {}))) is not None]  # fmt: skip
+                    if (p := Provenance.from_info(entry.get("info", {}))) is not None
+                    and not p.pending]  # fmt: skip
         best = best_version(versions, include_pseudo=True)
         if best is None:
             per_image[case.id] = {"dice": None, "kind": None}
@@ -339,6 +340,7 @@ class Campaign:
     def server(self) -> Any:
         from tests.support.server import running_server
 
+        (self.work / "answers").mkdir(parents=True, exist_ok=True)  # the client's downloads
         return running_server(self.studies, self.work, conf=self.conf(), timeout=300)
 
     def start_labels(self, client: Any) -> None:
@@ -356,9 +358,7 @@ class Campaign:
         stats = train(client, "em", {"iterations": 1, "epochs": self.protocol.epochs,
                                      "learner": self.arm.learner, "seed": self.seed})  # fmt: skip
         train_s = time.monotonic() - t0
-        tmp = self.work / "answers"
-        tmp.mkdir(exist_ok=True)
-        dices = test_dice(client, self.arm.learner, self.dataset, tmp)
+        dices = test_dice(client, self.arm.learner, self.dataset)
         quality = label_quality(client, self.dataset)
         touched = self.protocol.n_finals + len(self.reviews)
         row = {
@@ -454,7 +454,7 @@ def full_supervision(dataset: Dataset, protocol: Protocol, seed: int, work: Path
         for case in dataset.train:
             client.save_label(case.id, str(case.truth), tag="final")
         train(client, "segmentation", {"max_epochs": protocol.epochs, "seed": seed})
-        dices = test_dice(client, "segmentation", dataset, campaign.work)
+        dices = test_dice(client, "segmentation", dataset)
     log(f"  {dataset.name} full supervision seed {seed}: test Dice {np.mean(dices):.3f}")
     return {"dataset": dataset.name, "seed": seed, "test_dice": float(np.mean(dices)),
             "test_dice_per_image": dices, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip

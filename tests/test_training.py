@@ -135,5 +135,7 @@ def test_a_small_labeled_set_is_sampled_up_to_the_minimum_steps_per_epoch():
     drawn = list(iter(sampler))
     assert len(drawn) == 100 and set(drawn) <= set(range(5)) and len(set(drawn)) == 5
     assert epoch_sampling(5, AppSettings()) == {"shuffle": True}  # 0: stock behaviour
+    two = dataclasses.replace(AppSettings(), train_batch_size=2, min_steps_per_epoch=2)
+    assert epoch_sampling(3, two) == {"shuffle": True}  # one pass is already 2 batches
     with pytest.raises(SettingsError, match="min_steps_per_epoch"):
         dataclasses.replace(AppSettings(), min_steps_per_epoch=-1).validate()

@@ -101,9 +101,13 @@ class EMLabelAppBase(MONAILabelApp):
             from emlabel.methods.em import EMFiles
             from emlabel.monailabel.review import review_status
 
-            meta["emlabel_review"] = review_status(
-                datastore, settings=self.settings, files=EMFiles(self.model_dir)
-            )
+            try:
+                meta["emlabel_review"] = review_status(
+                    datastore, settings=self.settings, files=EMFiles(self.model_dir)
+                )
+            except (ValueError, OSError) as e:  # /info must answer (viewers connect with it)
+                logger.warning("review status unavailable: %s", e)
+                meta["emlabel_review"] = {"error": f"review status unavailable: {e}"}
         return meta
 
     # ----------------------------------------------------------- datastore

@@ -90,6 +90,8 @@ class EMTrainTask(OptionsTrainTask):
         started, first = now_iso(), self.files.iteration() + 1
         model_file = self.model_dir / learner.model_file
         model_before = model_ref(model_file) if learner.trained else None
+        # (an untrained learner's first M-step runs in the run: its pseudo-labels name it by
+        # checksum, see _commit)
         rows: list[dict[str, Any]] = []
 
         def progress(row: dict[str, Any]) -> None:
@@ -121,7 +123,8 @@ class EMTrainTask(OptionsTrainTask):
             )  # fmt: skip
             if roc is not None:
                 save_roc(roc["curve"], roc["point"], run.stage_path(self.files.roc_json),
-                         run.stage_path(self.files.roc_png))  # fmt: skip
+                         run.stage_path(self.files.roc_png),
+                         extra={k: roc[k] for k in ("sample", "meaningful", "note")})  # fmt: skip
             run.stage_json(self.files.state, {"iteration": last, "time": now_iso()})
             stats = self._stats("DONE", started, options, rows, review_threshold, roc)
             return self.write_stats(stats | {"model_sha256": checksum}, run=run)
@@ -167,16 +170,20 @@ class EMTrainTask(OptionsTrainTask):
         model = f"{path.name}@sha256:{checksum[:16]}"
         written, stored = {}, {}  # image -> its last stored correction; pending tag -> stored
         for p in result.pseudo_labels:
+            made_by = pseudo_model.get(p.iteration) or (
+                f"{learner.model_file} of EM iteration {p.iteration - 1} (trained in this run, "
+                f"not stored; weights sha256:{p.model_sha256[:16]})"
+            )
             provenance = Provenance(
                 kind=LabelKind.PSEUDO, source="em", version=0, iteration=p.iteration,
-                model=pseudo_model.get(p.iteration),
+                model=made_by,
                 reason=f"EM iteration {p.iteration}: the prediction of the model entering "
                 "it, for an image without a label",
             )  # fmt: skip
             stored[p.tag] = run.add_version(p.image_id, p.path, provenance).tag
         for c in result.corrections:
             provenance = Provenance(
-                kind=LabelKind.CORRECTED, source="em", version=0,
+                kind=LabelKind.PSEUDO if c.pseudo else LabelKind.CORRECTED, source="em", version=0,
                 parent=stored.get(c.parent, c.parent),
                 iteration=c.iteration, model=model,
                 scores={"probability_wrong": round(c.probability_wrong, 4)},

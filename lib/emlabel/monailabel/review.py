@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ def record_review(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ReviewScan:
-    """What the datastore says about reviews in EM iteration ``iteration``."""
+    """What the datastore and the review records say about reviews in EM iteration
+    ``iteration``."""
 
     iteration: int
     scores: dict[str, float]
@@ -85,26 +87,32 @@ class ReviewScan:
     n_labeled: int
     """Images with a label (pseudo-labels included): the budget's base."""
     served: int
-    """Reviews served so far, over every iteration."""
+    """Reviews so far, over every iteration: the recorded ones and those served but not
+    saved yet (what :func:`emlabel.verify.routing.next_routing` counts)."""
     served_random: int
     """Of those, drawn at random."""
 
 
-def scan_reviews(datastore: VersionedDatastore, *, iteration: int) -> ReviewScan:
-    """One pass over the image infos: scores, who was served and reviewed, the budget base."""
+def scan_reviews(
+    datastore: VersionedDatastore, *, iteration: int, records: Sequence[Mapping[str, Any]]
+) -> ReviewScan:
+    """One read of the datastore index: scores, who was served and reviewed, the budget base;
+    ``records`` (``model/em_reviews.json``) count the reviews done and how they were routed."""
     scores, served_now, reviewed = {}, set(), set()
-    n_labeled = served = served_random = 0
+    n_labeled = 0
+    served = len(records)
+    served_random = sum(r.get("routing") == Routing.RANDOM for r in records)
     for image_id, (info, versions) in datastore.image_states().items():
         n_labeled += best_version(versions, include_pseudo=True) is not None
         routed = info.get(REVIEW_INFO_KEY) or {}
-        if "served" in routed:
-            served += 1
-            served_random += routed.get("routing") == Routing.RANDOM
-            if routed.get("iteration") == iteration:
-                served_now.add(image_id)
+        if "served" in routed and routed.get("iteration") == iteration:
+            served_now.add(image_id)
         if any(v.tag == FINAL_TAG and not v.provenance.deleted for v in versions):
             reviewed.add(image_id)
             continue
+        if "served" in routed and "reviewed" not in routed:  # served, not saved yet
+            served += 1
+            served_random += routed.get("routing") == Routing.RANDOM
         verdict = info.get(VERIFIER_INFO_KEY)
         if verdict and verdict.get("score") is not None:
             scores[image_id] = float(verdict["score"])
@@ -120,8 +128,8 @@ def review_status(
 ) -> dict[str, Any]:
     """``/info``'s ``emlabel_review``: this iteration's budget, the reviews so far by how they
     were routed, and how many labels are probably still wrong (:mod:`emlabel.verify.remaining`)."""
-    scan = scan_reviews(datastore, iteration=files.iteration() + 1)
     records = files.load_reviews()
+    scan = scan_reviews(datastore, iteration=files.iteration() + 1, records=records)
     budget = budget_report(
         len(scan.served_now), budget_fraction=settings.review_budget, n_labeled=scan.n_labeled
     )
@@ -160,7 +168,9 @@ class VerifierStrategy(Strategy):
     def __call__(
         self, request: dict[str, Any], datastore: VersionedDatastore
     ) -> dict[str, Any] | None:
-        scan = scan_reviews(datastore, iteration=self.files.iteration() + 1)
+        scan = scan_reviews(
+            datastore, iteration=self.files.iteration() + 1, records=self.files.load_reviews()
+        )
         budget_fraction = self.settings.review_budget
         budget = budget_report(
             len(scan.served_now), budget_fraction=budget_fraction, n_labeled=scan.n_labeled

@@ -43,6 +43,7 @@ def datastore_items(datastore: VersionedDatastore, *, include_pseudo: bool = Fal
                 image=datastore.require_image(image_id),
                 label=datastore.get_label_uri(image_id, best.tag) if best else None,
                 human=best is not None and best.kind == LabelKind.HUMAN,
+                pseudo=best is not None and best.kind == LabelKind.PSEUDO,
                 tag=best.tag if best else None,
                 annotations=annotations,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -68,12 +69,13 @@ def split_items(
 
 def epoch_sampling(n_items: int, settings: AppSettings) -> dict[str, Any]:
     """DataLoader arguments for one epoch: a shuffled pass over the items, or, when that gives
-    fewer than ``settings.min_steps_per_epoch`` batches, ``min_steps * batch_size`` items drawn
-    with replacement (torch's ``RandomSampler``), as nnU-Net fixes its steps per epoch."""
-    wanted = settings.min_steps_per_epoch * settings.train_batch_size
-    if n_items >= wanted:
+    fewer than ``settings.min_steps_per_epoch`` batches (``ceil(n / batch_size)``),
+    ``min_steps * batch_size`` items drawn with replacement (torch's ``RandomSampler``), as
+    nnU-Net fixes its steps per epoch."""
+    steps, batch = settings.min_steps_per_epoch, settings.train_batch_size
+    if math.ceil(n_items / batch) >= steps:
         return {"shuffle": True}
-    return {"sampler": RandomSampler(range(n_items), replacement=True, num_samples=wanted)}
+    return {"sampler": RandomSampler(range(n_items), replacement=True, num_samples=steps * batch)}
 
 
 class SupervisedTrainer(EpochTrainer[EpochStats]):

@@ -16,7 +16,10 @@ on those alone:
    to ``target_sensitivity`` of the probably wrong ones.
 
 Below ``min_random_reviews`` random reviews the figures mean nothing; the estimate then
-says so (``meaningful`` false, with the reason) instead of printing numbers.
+says so (``meaningful`` false, with the reason) instead of printing numbers. A random
+review's score is the one it had when judged (an earlier calibration of the verifier, maybe
+an earlier model): the offset absorbs a shift of level between then and now, not a change
+of ranking.
 """
 
 from __future__ import annotations
@@ -103,6 +106,10 @@ def estimate_remaining_errors(
 ) -> RemainingErrors:
     """The estimate from the verifier's scores of the unreviewed labels and the random
     reviews' ``(score when judged, was wrong)``."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if min_random_reviews < 1:
+        raise ValueError(f"min_random_reviews must be >= 1, got {min_random_reviews}")
     scores = np.asarray(unreviewed_scores, dtype=float)
     n_random = len(random_reviews)
     n_wrong = sum(bool(w) for _, w in random_reviews)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,11 @@ def save_roc(
     point: OperatingPoint | None,
     json_path: str | Path,
     png_path: str | Path,
+    *,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write the curve and operating point as JSON and a PNG plot marking the point.
+    """Write the curve and operating point as JSON (with ``extra`` keys, e.g. which reviews it
+    was fitted on) and a PNG plot marking the point.
 
     Uses matplotlib's Agg canvas directly (no global backend switch); both files are written
     atomically (parent folders created).
@@ -190,6 +193,7 @@ def save_roc(
     from matplotlib.figure import Figure
 
     data = {"curve": curve.to_dict(), "operating_point": None if point is None else point.to_dict()}
+    data |= dict(extra or {})
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
 

@@ -186,7 +186,10 @@ class Critic:
             for i, image_id in enumerate(data.ids)
         }
         human = {item.id for item in labeled if item.human}
-        pool = human if len(human) >= MIN_HUMAN_FOR_POPULATION else set(data.ids)
+        # the shape reference: the human labels, or every label but the models' guesses
+        guesses = {item.id for item in labeled if item.pseudo}
+        pool = human if len(human) >= MIN_HUMAN_FOR_POPULATION else set(data.ids) - guesses
+        pool = pool or set(data.ids)
         population = ShapePopulation.fit([f for i in pool for f in features[i].values()])
         verifier = LabelVerifier()
         verifier.fit(self.reviews, population)

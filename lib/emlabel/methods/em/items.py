@@ -20,12 +20,14 @@ class EMItem:
     human: bool = False
     tag: str | None = None
     """Name of the label version (provenance: the parent of a correction)."""
+    pseudo: bool = False
+    """The label is a model's prediction for an image without one (never a reference)."""
     annotations: tuple[str, ...] = ()
     """Files of the latest label of each user (human or imported) when two or more users
     labeled the image: the annotators whose consensus and agreement the critic uses."""
 
-    def with_label(self, label: str, tag: str) -> EMItem:
-        return dataclasses.replace(self, label=label, human=False, tag=tag)
+    def with_label(self, label: str, tag: str, *, pseudo: bool = False) -> EMItem:
+        return dataclasses.replace(self, label=label, human=False, tag=tag, pseudo=pseudo)
 
     def as_dict(self) -> dict[str, str]:
         """``{"id", "image", "label"?}``, the item format of the trainers and loaders."""

@@ -13,10 +13,11 @@ and when (all at once, after the last M-step succeeded).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,20 +48,35 @@ class Correction:
     iteration: int
     probability_wrong: float
     reason: str
+    pseudo: bool = False
+    """A correction of a pseudo-label: still the model's guess, stored as a pseudo-label."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PseudoLabel:
     """The model's prediction for an image without a label, made at the start of
-    ``iteration`` (by the model the previous M-step trained), in ``path``."""
+    ``iteration`` (by the model the previous M-step trained, ``model_sha256`` of its
+    weights), in ``path``."""
 
     image_id: str
     path: str
     iteration: int
+    model_sha256: str
 
     @property
     def tag(self) -> str:
         return pending_tag(self.image_id, self.iteration, kind="pseudo")
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors (names, shapes and values, in order): which
+    in-run model made a pseudo-label, for its provenance."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -101,6 +117,7 @@ def pseudo_label_files(
 ) -> list[PseudoLabel]:
     """The learner's prediction for each of ``items`` as a file in ``workdir``."""
     out = []
+    checksum = state_sha256(learner.state_dict()) if items else ""
     for item in items:
         # one image at a time: its own padding (as when it is served) and bounded memory
         data = load_items(
@@ -116,15 +133,26 @@ def pseudo_label_files(
             path=workdir / f"{item.id}.pseudo.it{iteration}.nii.gz",
             settings=settings,
         )
-        out.append(PseudoLabel(image_id=item.id, path=path, iteration=iteration))
+        out.append(
+            PseudoLabel(image_id=item.id, path=path, iteration=iteration, model_sha256=checksum)
+        )
     return out
 
 
-def pending_tag(image_id: str, iteration: int, *, kind: str = "correction") -> str:
+_PENDING_PREFIX = {"correction": "pending", "pseudo": "pending-pseudo"}
+
+
+def pending_tag(
+    image_id: str, iteration: int, *, kind: Literal["correction", "pseudo"] = "correction"
+) -> str:
     """Stand-in tag of a correction or pseudo-label not stored yet (the caller maps it to the
     stored tag)."""
-    prefix = "pending" if kind == "correction" else f"pending-{kind}"
-    return f"{prefix}:{image_id}:{iteration}"
+    return f"{_PENDING_PREFIX[kind]}:{image_id}:{iteration}"
+
+
+def is_pending_pseudo(tag: str | None) -> bool:
+    """True for the stand-in tag of a pseudo-label made in this run."""
+    return bool(tag) and tag.startswith(_PENDING_PREFIX["pseudo"] + ":")
 
 
 class EMLoop:
@@ -170,25 +198,23 @@ class EMLoop:
         """Retrain the learner on the current labels (pseudo-labels included); a
         semi-supervised learner gets the unlabeled images too."""
         train = list(items) if self.learner.semi_supervised else [i for i in items if i.label]
-        n_pseudo = sum(bool(i.tag and i.tag.startswith("pending-pseudo:")) for i in items)
+        n_pseudo = sum(i.pseudo for i in items)
         stats = self.learner.fit(train, FitSpec(epochs=self.options.epochs, seed=self.options.seed))
         return stats | {"pseudo_labels": n_pseudo}
 
     def refresh_pseudo_labels(
         self, current: dict[str, EMItem], unlabeled: Sequence[str], iteration: int
     ) -> list[PseudoLabel]:
-        """Give each unlabeled image whose label is not a correction the current model's
-        prediction (in ``current``); the pseudo-labels made."""
-        due = [
-            current[i] for i in unlabeled
-            if current[i].tag is None or current[i].tag.startswith("pending-pseudo:")
-        ]  # fmt: skip
+        """Give each image that came without a label the current model's prediction (in
+        ``current``; an earlier iteration's pseudo-label or its correction is replaced: the
+        model has learned since); the pseudo-labels made."""
         made = pseudo_label_files(
-            self.learner, due, settings=self.settings, workdir=self.workdir, iteration=iteration
-        )
+            self.learner, [current[i] for i in unlabeled], settings=self.settings,
+            workdir=self.workdir, iteration=iteration,
+        )  # fmt: skip
         for pseudo in made:
             current[pseudo.image_id] = current[pseudo.image_id].with_label(
-                pseudo.path, tag=pseudo.tag
+                pseudo.path, tag=pseudo.tag, pseudo=True
             )
         return made
 
@@ -241,11 +267,13 @@ class EMLoop:
                         iteration=n,
                         probability_wrong=decision.probability_wrong,
                         reason=decision.reason,
+                        pseudo=current[decision.image_id].pseudo,
                     )
                 )
                 current[decision.image_id] = current[decision.image_id].with_label(
-                    str(path), tag=pending_tag(decision.image_id, n)
-                )
+                    str(path), tag=pending_tag(decision.image_id, n),
+                    pseudo=current[decision.image_id].pseudo,  # a corrected guess stays one
+                )  # fmt: skip
             m_stats = self.m_step(list(current.values()))
             row = summarize_iteration(n, decisions, run, m_stats)
             row["remaining_errors"] = estimate_remaining_errors(
