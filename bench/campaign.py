@@ -93,10 +93,17 @@ class Arm:
     routing: str
     """``verifier``, ``random`` or ``none``."""
     learner: str
+    doubtful_pseudo_labels: bool = True
+    """The ``em`` option: False leaves the pseudo-labels the E-step doubts out of the M-step."""
 
     @property
     def name(self) -> str:
-        return f"{self.routing}/{self.learner}"
+        return f"{self.routing}/{self.learner}" + ("" if self.doubtful_pseudo_labels else "+filter")
+
+    @property
+    def first_round(self) -> tuple[str, bool]:
+        """Arms with the same first round (before any review) share it."""
+        return self.learner, self.doubtful_pseudo_labels
 
     @property
     def conf(self) -> dict[str, str]:
@@ -356,7 +363,8 @@ class Campaign:
         """One EM iteration, the measurements, then (``review_after``) the budget's reviews."""
         t0 = time.monotonic()
         stats = train(client, "em", {"iterations": 1, "epochs": self.protocol.epochs,
-                                     "learner": self.arm.learner, "seed": self.seed})  # fmt: skip
+                                     "learner": self.arm.learner, "seed": self.seed,
+                                     "doubtful_pseudo_labels": self.arm.doubtful_pseudo_labels})  # fmt: skip
         train_s = time.monotonic() - t0
         dices = test_dice(client, self.arm.learner, self.dataset)
         quality = label_quality(client, self.dataset)
@@ -418,15 +426,16 @@ def run_arms(dataset: Dataset, arms: Sequence[Arm], protocol: Protocol, seed: in
     from monailabel.client import MONAILabelClient
 
     results = []
-    for learner in dict.fromkeys(a.learner for a in arms):
-        first = Campaign(dataset=dataset, arm=Arm(routing="none", learner=learner),
-                         protocol=protocol, seed=seed, work=work / f"{learner}-round1", log=log)  # fmt: skip
+    for learner, doubtful in dict.fromkeys(a.first_round for a in arms):
+        start = Arm(routing="none", learner=learner, doubtful_pseudo_labels=doubtful)
+        first = Campaign(dataset=dataset, arm=start, protocol=protocol, seed=seed,
+                         work=work / f"{start.name.replace('/', '-')}-round1", log=log)  # fmt: skip
         first.prepare()
         with first.server() as server:
             client = MONAILabelClient(server_url=server.url, tmpdir=str(first.work / "answers"))
             first.start_labels(client)
             first.round(client, 1, review_after=False)
-        for arm in (a for a in arms if a.learner == learner):
+        for arm in (a for a in arms if a.first_round == (learner, doubtful)):
             campaign = copy_campaign(first, arm=arm, work=work / arm.name.replace("/", "-"))
             with campaign.server() as server:
                 client = MONAILabelClient(server_url=server.url,
@@ -489,9 +498,13 @@ def summarize(results: list[dict], references: list[dict], goal_touched: float) 
                                 "seeds": len(ratios)}  # fmt: skip
             arms[arm] = entry
         paired = {}
-        for learner in dict.fromkeys(r["learner"] for r in results if r["dataset"] == name):
+
+        def variant(r: dict) -> str:  # the arm's name without its routing
+            return r["arm"].split("/", 1)[1]
+
+        for learner in dict.fromkeys(variant(r) for r in results if r["dataset"] == name):
             by = {(r["routing"], r["seed"]): r for r in results
-                  if r["dataset"] == name and r["learner"] == learner}  # fmt: skip
+                  if r["dataset"] == name and variant(r) == learner}  # fmt: skip
             seeds = sorted(
                 s for (routing, s) in by if routing == "verifier" and ("random", s) in by
             )
@@ -537,6 +550,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learners", default="segmentation,aide")
+    parser.add_argument("--routings", default="verifier,random,none")
+    parser.add_argument(
+        "--filter-variants", action="store_true",
+        help="also run every segmentation arm with em doubtful_pseudo_labels=false",
+    )  # fmt: skip
     parser.add_argument(
         "--other-learners-on", default="shenzhen",
         help="data sets on which the learners besides segmentation run (default shenzhen)",
@@ -548,7 +566,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         epochs=2 if args.quick else args.epochs,
                         min_steps_per_epoch=2 if args.quick else Protocol.min_steps_per_epoch)  # fmt: skip
     learners = args.learners.split(",")
-    seg_arms = [Arm(routing=r, learner="segmentation") for r in ("verifier", "random", "none")]
+    routings = args.routings.split(",")
+    seg_arms = [Arm(routing=r, learner="segmentation") for r in routings]
+    if args.filter_variants:
+        seg_arms += [dataclasses.replace(a, doubtful_pseudo_labels=False) for a in seg_arms]
     other_arms = [Arm(routing="verifier", learner=k) for k in learners if k != "segmentation"]
     header, started = run_header(), time.monotonic()
     results, references = [], []

@@ -124,10 +124,10 @@ def sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_em_loop_on_demo_files_writes_new_files_only(tiny_demo_template, tmp_path):
+def demo_items(studies: Path) -> list[EMItem]:
+    """The demo's images with their final, else noisy, else no label."""
     import json
 
-    studies = tiny_demo_template
     manifest = json.loads((studies / "emlabel_demo" / "manifest.json").read_text())
     items = []
     for image_id in sorted(manifest["cases"]):
@@ -143,6 +143,11 @@ def test_em_loop_on_demo_files_writes_new_files_only(tiny_demo_template, tmp_pat
                 tag="final" if label == final else "noisy" if label else None,
             )
         )
+    return items
+
+
+def test_em_loop_on_demo_files_writes_new_files_only(tiny_demo_template, tmp_path):
+    items = demo_items(tiny_demo_template)
     before = {i.label: sha(i.label) for i in items if i.label}
     loop = EMLoop(
         learner=SegmentationLearner(settings=TINY),
@@ -186,3 +191,28 @@ def test_two_members_are_two_candidates_not_their_agreement():
     assert np.array_equal(two["model_1"], a) and np.array_equal(two["model_2"], b)
     three = model_candidates([a, b, b])
     assert set(three) == {"model"} and np.array_equal(three["model"], b)
+
+
+def test_doubtful_pseudo_labels_can_be_left_out_of_the_m_step(tiny_demo_template, tmp_path):
+    items = demo_items(tiny_demo_template)
+    unlabeled = {i.id for i in items if not i.label}
+    loop = EMLoop(
+        learner=SegmentationLearner(settings=TINY),
+        settings=TINY,
+        options=dataclasses.replace(
+            EMOptions(),
+            epochs=1,
+            correct_threshold=1.0,
+            review_threshold=1e-6,
+            doubtful_pseudo_labels=False,
+        ),  # every label is doubtful, none is corrected
+        reviews=[],
+        review_threshold=1e-6,
+        workdir=tmp_path,
+    )
+    (row,) = loop.run(items).iterations
+    assert row["queued"] == row["verified"] and row["corrected"] == 0
+    assert row["m_step"]["left_out_doubtful"] == len(unlabeled) > 0
+    assert row["m_step"]["pseudo_labels"] == 0  # the guesses were not trained on
+    labeled = sum(1 for i in items if i.label)
+    assert row["m_step"]["train_images"] < labeled + len(unlabeled)

@@ -62,6 +62,7 @@ class EMTrainTask(OptionsTrainTask):
         "correct_threshold",
         "review_threshold",
         "pseudo_labels",
+        "doubtful_pseudo_labels",
         "learner",
         "seed",
     )

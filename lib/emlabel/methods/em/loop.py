@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,13 +194,14 @@ class EMLoop:
         """Pseudo-labels are made unless switched off or the learner uses unlabeled images."""
         return self.options.pseudo_labels and not self.learner.semi_supervised
 
-    def m_step(self, items: Sequence[EMItem]) -> dict[str, Any]:
-        """Retrain the learner on the current labels (pseudo-labels included); a
-        semi-supervised learner gets the unlabeled images too."""
+    def m_step(self, items: Sequence[EMItem], *, leave_out: Collection[str] = ()) -> dict[str, Any]:
+        """Retrain the learner on the current labels (pseudo-labels included) but those of
+        ``leave_out``; a semi-supervised learner gets the unlabeled images too."""
+        items = [i for i in items if i.id not in leave_out]
         train = list(items) if self.learner.semi_supervised else [i for i in items if i.label]
         n_pseudo = sum(i.pseudo for i in items)
         stats = self.learner.fit(train, FitSpec(epochs=self.options.epochs, seed=self.options.seed))
-        return stats | {"pseudo_labels": n_pseudo}
+        return stats | {"pseudo_labels": n_pseudo, "left_out_doubtful": len(leave_out)}
 
     def refresh_pseudo_labels(
         self, current: dict[str, EMItem], unlabeled: Sequence[str], iteration: int
@@ -274,7 +275,11 @@ class EMLoop:
                     str(path), tag=pending_tag(decision.image_id, n),
                     pseudo=current[decision.image_id].pseudo,  # a corrected guess stays one
                 )  # fmt: skip
-            m_stats = self.m_step(list(current.values()))
+            doubtful = [] if self.options.doubtful_pseudo_labels else [
+                d.image_id for d in decisions
+                if d.action == Action.REVIEW and current[d.image_id].pseudo
+            ]  # fmt: skip
+            m_stats = self.m_step(list(current.values()), leave_out=doubtful)
             row = summarize_iteration(n, decisions, run, m_stats)
             row["remaining_errors"] = estimate_remaining_errors(
                 [d.probability_wrong for d in decisions],
