@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     BUBIL,
     SHENZHEN,
+    format_p,
     format_table,
     object_mask,
     paired_wilcoxon,
@@ -539,7 +540,7 @@ def print_tables(summary: dict[str, Any], goal_touched: float) -> str:
     for name, entry in summary.items():
         for learner, p in entry["verifier_vs_random"].items():
             lines.append(f"{name} {learner}: verifier - random test Dice "
-                         f"{p['verifier_minus_random']:+.4f}, paired Wilcoxon p = {p.get('p')}")  # fmt: skip
+                         f"{p['verifier_minus_random']:+.4f}, paired Wilcoxon p = {format_p(p.get('p_value'))} (n = {p.get('n')})")  # fmt: skip
     return "\n".join(lines)
 
 
