@@ -229,21 +229,12 @@ def mean_dice(label: np.ndarray, truth: np.ndarray, structures: dict[str, int]) 
     return float(np.mean(values)) if values else 1.0
 
 
-def wait_done(client: Any, timeout: float = 3600) -> dict[str, Any]:
-    """Poll the train status until the job ends; the final status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.train_status()
-        if status.get("status") not in ("SUBMITTED", "RUNNING", "QUEUED"):
-            return status
-        time.sleep(1)
-    raise TimeoutError("training did not finish")
-
-
 def train(client: Any, model: str, params: dict[str, Any]) -> dict[str, Any]:
     """Start trainer ``model`` and wait; its train stats (RuntimeError if it failed)."""
+    from tests.test_server import wait_for_training  # the tests' poll of the train status
+
     client.train_start(model, params)
-    status = wait_done(client)
+    status = wait_for_training(client, timeout=3600)
     if status.get("status") != "DONE":
         raise RuntimeError(f"train {model} ended {status.get('status')}: {status}")
     return client.info()["train_stats"][model]

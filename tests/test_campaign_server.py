@@ -11,17 +11,24 @@ from tests.support.server import TINY_CONF
 pytestmark = pytest.mark.server
 
 
-def test_two_rounds_record_touches_random_reviews_and_the_estimate(tmp_path):
-    dataset = phantoms(tmp_path / "data", n_train=10, n_test=2, seed=0, shape=(32, 32, 24))
+def tiny_campaign(dataset, work, *, routing: str, review_budget: float) -> Campaign:
+    """Two rounds, 2 finals, 1 epoch of a tiny network."""
     campaign = Campaign(
         dataset=dataset,
-        arm=Arm(routing="random", learner="segmentation"),  # review_random_share 1.0
-        protocol=Protocol(rounds=2, epochs=1, n_finals=2, review_budget=0.5),
+        arm=Arm(routing=routing, learner="segmentation"),
+        protocol=Protocol(rounds=2, epochs=1, n_finals=2, review_budget=review_budget),
         seed=0,
-        work=tmp_path / "run",
+        work=work,
         extra_conf=TINY_CONF | {"max_epochs": "1"},
     )
     campaign.prepare()
+    return campaign
+
+
+def test_two_rounds_record_touches_random_reviews_and_the_estimate(tmp_path):
+    dataset = phantoms(tmp_path / "data", n_train=10, n_test=2, seed=0, shape=(32, 32, 24))
+    # routing "random": review_random_share 1.0
+    campaign = tiny_campaign(dataset, tmp_path / "run", routing="random", review_budget=0.5)
     with campaign.server() as server:
         client = MONAILabelClient(server_url=server.url, tmpdir=str(tmp_path))
         before = client.info()["emlabel_review"]["remaining_errors"]
@@ -64,15 +71,7 @@ def test_unlabeled_images_get_judged_pseudo_labels_a_human_can_review(tmp_path):
     dataset = dataclasses.replace(  # scenario A: finals and unlabeled images only
         dataset, train=[dataclasses.replace(c, noisy=None) for c in dataset.train]
     )
-    campaign = Campaign(
-        dataset=dataset,
-        arm=Arm(routing="verifier", learner="segmentation"),
-        protocol=Protocol(rounds=2, epochs=1, n_finals=2, review_budget=0.25),
-        seed=0,
-        work=tmp_path / "run",
-        extra_conf=TINY_CONF | {"max_epochs": "1"},
-    )
-    campaign.prepare()
+    campaign = tiny_campaign(dataset, tmp_path / "run", routing="verifier", review_budget=0.25)
     with campaign.server() as server:
         client = MONAILabelClient(server_url=server.url, tmpdir=str(tmp_path))
         campaign.start_labels(client)
