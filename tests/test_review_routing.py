@@ -81,3 +81,16 @@ def test_the_operating_point_uses_random_reviews_once_they_hold_both_classes():
     assert fair["meaningful"] and fair["sample"] == "random" and fair["point"].n == 6
     assert fair["curve"].auc == 1.0
     assert operating_point([record(0.5, True, "random")], 0.95) is None
+
+
+def test_the_em_doubtful_pseudo_labels_option_is_a_typed_boolean():
+    from emlabel.errors import InvalidRequestError
+    from emlabel.methods.em import EMOptions
+    from emlabel.monailabel.em import EMTrainTask
+    from emlabel.monailabel.tasks import parse_options
+
+    keys = EMTrainTask.REQUEST_KEYS
+    parsed = parse_options({"doubtful_pseudo_labels": "false"}, EMOptions(), keys, what="em")
+    assert parsed.doubtful_pseudo_labels is False
+    with pytest.raises(InvalidRequestError, match="doubtful_pseudo_labels"):
+        parse_options({"doubtful_pseudo_labels": "maybe"}, EMOptions(), keys, what="em")

@@ -65,6 +65,9 @@ def test_monai_label_keys_are_accepted():
         ({"intensity_window": "300,-200"}, "intensity_window"),
         ({"labels": '["a", "a"]'}, "labels"),
         ({"val_fraction": "1.5"}, "val_fraction"),
+        ({"review_random_share": "1.5"}, "review_random_share"),
+        ({"min_steps_per_epoch": "-1"}, "min_steps_per_epoch"),
+        ({"min_steps_per_epoch": "20000"}, "min_steps_per_epoch"),
     ],
 )
 def test_bad_values_name_the_key(conf, key):
