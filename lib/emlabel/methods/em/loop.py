@@ -150,11 +150,6 @@ def pending_tag(
     return f"{_PENDING_PREFIX[kind]}:{image_id}:{iteration}"
 
 
-def is_pending_pseudo(tag: str | None) -> bool:
-    """True for the stand-in tag of a pseudo-label made in this run."""
-    return bool(tag) and tag.startswith(_PENDING_PREFIX["pseudo"] + ":")
-
-
 class EMLoop:
     """``options.iterations`` x (pseudo-labels, critic + E-step, M-step) with one learner.
 
