@@ -20,7 +20,7 @@ model, mean Dice of the training labels (best label, pseudo-labels included) to 
 bad-label fraction (Dice < 0.9), the remaining-errors estimate the server reports, wall time.
 
     .venv/bin/python bench/campaign.py [--datasets shenzhen,phantoms,bubil] [--seeds 3]
-                                       [--rounds 4] [--quick] [--out bench/results/campaign]
+                                       [--rounds 3] [--quick] [--out bench/results/campaign]
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ class Dataset:
     dataset_json: dict[str, Any]
     structures: dict[str, int]
     """Structure name -> value in the truth files."""
+    epochs: int
+    """Training epochs of each M-step and of the reference (enough for the reference to
+    learn the data: the 3D phantoms need more than the 2D sets)."""
 
     @property
     def scenario(self) -> str:
@@ -94,15 +97,17 @@ class Arm:
     routing: str
     """``verifier``, ``random`` or ``none``."""
     learner: str
-    doubtful_pseudo_labels: bool = True
-    """The ``em`` option: False leaves the pseudo-labels the E-step doubts out of the M-step."""
+    doubtful_pseudo_labels: bool | None = None
+    """The ``em`` option (None: not sent, the product's default). True also trains on the
+    pseudo-labels the E-step doubts; False leaves them out of the M-step."""
 
     @property
     def name(self) -> str:
-        return f"{self.routing}/{self.learner}" + ("" if self.doubtful_pseudo_labels else "+filter")
+        suffix = {None: "", True: "+doubtful", False: "+filter"}[self.doubtful_pseudo_labels]
+        return f"{self.routing}/{self.learner}{suffix}"
 
     @property
-    def first_round(self) -> tuple[str, bool]:
+    def first_round(self) -> tuple[str, bool | None]:
         """Arms with the same first round (before any review) share it."""
         return self.learner, self.doubtful_pseudo_labels
 
@@ -116,11 +121,12 @@ class Protocol:
     """Sizes of one run (``--quick`` shrinks them)."""
 
     rounds: int = 3
-    epochs: int = 10
+    epochs: int | None = None
+    """Epochs of every training (None: each data set's own)."""
     n_finals: int = 5
     review_budget: float = 0.02
     """Reviews per round as a fraction of the training images (the app's review_budget)."""
-    min_steps_per_epoch: int = 25
+    min_steps_per_epoch: int = 20
     """The app's setting, for every arm and the reference: 5 finals are one batch, and 10
     epochs of one batch leave the first model (and so its pseudo-labels) untrained."""
 
@@ -160,7 +166,7 @@ def shenzhen(root: Path, *, n_train: int, n_test: int, size: int, seed: int) -> 
         conf=CONF_2D | {"roi_size": f"{size},{size}"},
         dataset_json={"channel_names": {"0": "xray"}, "labels": {"background": 0, "lung": 1},
                       "file_ending": ".png"},
-        structures={"lung": 1},
+        structures={"lung": 1}, epochs=8,
     )  # fmt: skip
 
 
@@ -183,7 +189,7 @@ def bubil(root: Path, *, n_test: int, size: int, seed: int) -> Dataset:
         conf=CONF_2D | {"roi_size": f"{hw[0]},{hw[1]}"},
         dataset_json={"channel_names": {"0": "microscopy"}, "labels": {"background": 0, "cell": 1},
                       "file_ending": ".png"},
-        structures={"cell": 1},
+        structures={"cell": 1}, epochs=8,
     )  # fmt: skip
 
 
@@ -206,10 +212,11 @@ def phantoms(
     labels = {k: v for k, v in manifest["labels"].items() if v}
     return Dataset(
         name="phantoms", train=cases[:n_train], test=cases[n_train:],
-        conf={"roi_size": "48,48,32", "network_channels": "8,16,32,64", "num_res_units": "0",
+        conf={"roi_size": ",".join(map(str, shape)), "network_channels": "8,16,32,64",
+              "num_res_units": "0",
               "train_batch_size": "2"},
         dataset_json=json.loads((demo / "dataset.json").read_text()),
-        structures=labels,
+        structures=labels, epochs=30,
     )  # fmt: skip
 
 
@@ -315,6 +322,10 @@ class Campaign:
     def studies(self) -> Path:
         return self.work / "studies"
 
+    @property
+    def epochs(self) -> int:
+        return self.protocol.epochs or self.dataset.epochs
+
     def finals(self) -> list[str]:
         """The initial finals: ``n_finals`` training images drawn with the seed."""
         ids = sorted(c.id for c in self.dataset.train)
@@ -324,7 +335,7 @@ class Campaign:
     def conf(self) -> dict[str, str]:
         return self.dataset.conf | self.arm.conf | {
             "review_budget": str(self.protocol.review_budget), "seed": str(self.seed),
-            "max_epochs": str(self.protocol.epochs),
+            "max_epochs": str(self.epochs),
             "min_steps_per_epoch": str(self.protocol.min_steps_per_epoch),
         } | self.extra_conf  # fmt: skip
 
@@ -354,9 +365,11 @@ class Campaign:
     def round(self, client: Any, number: int, *, review_after: bool) -> dict[str, Any]:
         """One EM iteration, the measurements, then (``review_after``) the budget's reviews."""
         t0 = time.monotonic()
-        stats = train(client, "em", {"iterations": 1, "epochs": self.protocol.epochs,
-                                     "learner": self.arm.learner, "seed": self.seed,
-                                     "doubtful_pseudo_labels": self.arm.doubtful_pseudo_labels})  # fmt: skip
+        params = {"iterations": 1, "epochs": self.epochs, "learner": self.arm.learner,
+                  "seed": self.seed}  # fmt: skip
+        if self.arm.doubtful_pseudo_labels is not None:
+            params["doubtful_pseudo_labels"] = self.arm.doubtful_pseudo_labels
+        stats = train(client, "em", params)
         train_s = time.monotonic() - t0
         dices = test_dice(client, self.arm.learner, self.dataset)
         quality = label_quality(client, self.dataset)
@@ -454,7 +467,7 @@ def full_supervision(dataset: Dataset, protocol: Protocol, seed: int, work: Path
         client = MONAILabelClient(server_url=server.url, tmpdir=str(campaign.work / "answers"))
         for case in dataset.train:
             client.save_label(case.id, str(case.truth), tag="final")
-        train(client, "segmentation", {"max_epochs": protocol.epochs, "seed": seed})
+        train(client, "segmentation", {"max_epochs": campaign.epochs, "seed": seed})
         dices = test_dice(client, "segmentation", dataset)
     log(f"  {dataset.name} full supervision seed {seed}: test Dice {np.mean(dices):.3f}")
     return {"dataset": dataset.name, "seed": seed, "test_dice": float(np.mean(dices)),
@@ -540,16 +553,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", default="shenzhen,phantoms,bubil")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of every training (default: each data set's own)",
+    )
     parser.add_argument("--learners", default="segmentation,aide")
     parser.add_argument("--routings", default="verifier,random,none")
     parser.add_argument(
-        "--filter-variants", action="store_true",
-        help="also run every segmentation arm with em doubtful_pseudo_labels=false",
+        "--doubtful-variants", action="store_true",
+        help="also run every segmentation arm with em doubtful_pseudo_labels=true (the "
+        "product's default is false)",
     )  # fmt: skip
     parser.add_argument(
         "--other-learners-on", default="shenzhen",
         help="data sets on which the learners besides segmentation run (default shenzhen)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--other-learners-seeds", type=int, default=1,
+        help="seeds (the first ones) on which the learners besides segmentation run (default "
+        "1: an aide round costs about 3 segmentation rounds)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for development")
     parser.add_argument("--out", default="bench/results/campaign")
@@ -560,8 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     learners = args.learners.split(",")
     routings = args.routings.split(",")
     seg_arms = [Arm(routing=r, learner="segmentation") for r in routings]
-    if args.filter_variants:
-        seg_arms += [dataclasses.replace(a, doubtful_pseudo_labels=False) for a in seg_arms]
+    if args.doubtful_variants:
+        seg_arms += [dataclasses.replace(a, doubtful_pseudo_labels=True) for a in seg_arms]
     other_arms = [Arm(routing="verifier", learner=k) for k in learners if k != "segmentation"]
     header, started = run_header(), time.monotonic()
     results, references = [], []
@@ -579,7 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"test images, scenario {dataset.scenario}")  # fmt: skip
                 work = root / f"run-{name}-{seed}"
                 references.append(full_supervision(dataset, protocol, seed, work, log))
-                arms = seg_arms + (other_arms if name in args.other_learners_on.split(",") else [])
+                others = (
+                    name in args.other_learners_on.split(",") and seed < args.other_learners_seeds
+                )
+                arms = seg_arms + (other_arms if others else [])
                 results += run_arms(dataset, arms, protocol, seed, work, log)
                 payload = {**header, "protocol": dataclasses.asdict(protocol),
                            "results": results, "full_supervision": references}  # fmt: skip
@@ -601,12 +628,12 @@ def make_dataset(name: str, root: Path, *, seed: int, quick: bool) -> Dataset:
     """The campaign's data set ``name`` (``--quick``: a few small images)."""
     if name == "shenzhen":
         return shenzhen(root, n_train=40 if quick else 200, n_test=10 if quick else 40,
-                        size=64 if quick else 128, seed=seed)  # fmt: skip
+                        size=64 if quick else 96, seed=seed)  # fmt: skip
     if name == "bubil":
-        return bubil(root, n_test=7, size=64 if quick else 128, seed=seed)
+        return bubil(root, n_test=7, size=64 if quick else 96, seed=seed)
     if name == "phantoms":
         return phantoms(root, n_train=10 if quick else 30, n_test=3 if quick else 6, seed=seed,
-                        shape=(32, 32, 24) if quick else (48, 48, 36))  # fmt: skip
+                        shape=(32, 32, 24) if quick else (40, 40, 32))  # fmt: skip
     raise SystemExit(f"unknown data set {name!r}; valid: shenzhen, phantoms, bubil")
 
 

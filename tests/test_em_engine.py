@@ -153,7 +153,11 @@ def test_em_loop_on_demo_files_writes_new_files_only(tiny_demo_template, tmp_pat
         learner=SegmentationLearner(settings=TINY),
         settings=TINY,
         options=dataclasses.replace(
-            EMOptions(), epochs=1, correct_threshold=0.01, review_threshold=0.01
+            EMOptions(),
+            epochs=1,
+            correct_threshold=0.01,
+            review_threshold=0.01,
+            doubtful_pseudo_labels=True,  # every label is doubtful here: train on them anyway
         ),
         reviews=[],
         review_threshold=0.01,

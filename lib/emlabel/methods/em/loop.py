@@ -4,7 +4,8 @@ Plain library code over :class:`EMItem` files and a :class:`Learner`. Each itera
 gives every image without a label the current model's prediction (a pseudo-label, unless
 the learner trains on unlabeled images itself), so the critic judges pseudo-labels like
 any machine label and the E-step can correct them or send them to a human; the M-step then
-trains on the finals, the other labels and the pseudo-labels as the E-step left them.
+trains on the finals, the other labels and the pseudo-labels as the E-step left them (but
+those it sent to review, unless ``doubtful_pseudo_labels``).
 Corrections and pseudo-labels are written as new files in a work folder; nothing the items
 point at is changed. The caller (the ``em`` trainer) decides what becomes a label version
 and when (all at once, after the last M-step succeeded).

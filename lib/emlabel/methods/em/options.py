@@ -24,9 +24,10 @@ class EMOptions:
     """Probability above which a label is doubtful (routed to review) until ROC replaces it."""
     pseudo_labels: bool = True
     """M-step also trains on the model's pseudo-labels of unlabeled images."""
-    doubtful_pseudo_labels: bool = True
-    """M-step trains on the pseudo-labels the E-step sent to review too (False: only on the
-    accepted and corrected ones; a doubtful guess is left out until it is reviewed)."""
+    doubtful_pseudo_labels: bool = False
+    """M-step trains on the pseudo-labels the E-step sent to review too. False (the default,
+    from ``bench/campaign.py``): only on the accepted and corrected ones; a doubtful guess is
+    left out until it is reviewed."""
     seed: int = 0
     """Seed of the M-step training."""
     learner: str = "segmentation"
