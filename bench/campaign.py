@@ -20,7 +20,7 @@ model, mean Dice of the training labels (best label, pseudo-labels included) to 
 bad-label fraction (Dice < 0.9), the remaining-errors estimate the server reports, wall time.
 
     .venv/bin/python bench/campaign.py [--datasets shenzhen,phantoms,bubil] [--seeds 3]
-                                       [--rounds 3] [--quick] [--out bench/results/campaign]
+                                       [--rounds 2] [--quick] [--out bench/results/campaign]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Arm:
 class Protocol:
     """Sizes of one run (``--quick`` shrinks them)."""
 
-    rounds: int = 3
+    rounds: int = 2
     epochs: int | None = None
     """Epochs of every training (None: each data set's own)."""
     n_finals: int = 5
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="shenzhen,phantoms,bubil")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=Protocol.rounds)
     parser.add_argument(
         "--epochs",
         type=int,
@@ -567,8 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "product's default is false)",
     )  # fmt: skip
     parser.add_argument(
-        "--other-learners-on", default="shenzhen",
-        help="data sets on which the learners besides segmentation run (default shenzhen)",
+        "--other-learners-on", default="phantoms",
+        help="data sets on which the learners besides segmentation run (default phantoms: "
+        "scenario B, noisy labels, what AIDE is for)",
     )  # fmt: skip
     parser.add_argument(
         "--other-learners-seeds", type=int, default=1,
@@ -577,7 +578,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for development")
     parser.add_argument("--out", default="bench/results/campaign")
+    parser.add_argument(
+        "--report", metavar="JSON",
+        help="only report the run saved in JSON (e.g. stopped early) and exit",
+    )  # fmt: skip
+    parser.add_argument("--note", default="", help="with --report: a note for the report")
     args = parser.parse_args(argv)
+    if args.report:
+        return report_saved(Path(args.report), args.note)
     protocol = Protocol(rounds=2 if args.quick else args.rounds,
                         epochs=2 if args.quick else args.epochs,
                         min_steps_per_epoch=2 if args.quick else Protocol.min_steps_per_epoch)  # fmt: skip
@@ -611,16 +619,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 payload = {**header, "protocol": dataclasses.asdict(protocol),
                            "results": results, "full_supervision": references}  # fmt: skip
                 write_json(Path(args.out).with_suffix(".json"), payload)  # after every set
-    goal = 0.03
-    summary = summarize(results, references, goal)
-    text = print_tables(summary, goal)
-    print(text)
-    seconds = round(time.monotonic() - started, 1)
-    write_json(Path(args.out).with_suffix(".json"),
-               {**header, "protocol": dataclasses.asdict(protocol), "seconds": seconds,
-                "summary": summary, "results": results, "full_supervision": references})  # fmt: skip
-    Path(args.out).with_suffix(".txt").write_text(text + f"\n\n{seconds} s\n")
-    plot(results, references, Path(args.out).with_suffix(".png"))
+    payload = {**header, "protocol": dataclasses.asdict(protocol), "results": results,
+               "full_supervision": references}  # fmt: skip
+    print(report(payload, Path(args.out), seconds=round(time.monotonic() - started, 1)))
+    return 0
+
+
+GOAL_TOUCHED = 0.03
+"""The goal's share of training images a human touched."""
+
+
+def report(payload: dict[str, Any], out: Path, *, seconds: float, note: str = "") -> str:
+    """Summary, table, JSON, text and PNG of a run's ``payload`` (results so far); the table."""
+    summary = summarize(payload["results"], payload["full_supervision"], GOAL_TOUCHED)
+    text = print_tables(summary, GOAL_TOUCHED)
+    extra = {"seconds": seconds, "summary": summary} | ({"note": note} if note else {})
+    write_json(out.with_suffix(".json"), payload | extra)
+    out.with_suffix(".txt").write_text(text + f"\n\n{seconds} s\n" + (f"{note}\n" if note else ""))
+    plot(payload["results"], payload["full_supervision"], out.with_suffix(".png"))
+    return text
+
+
+def report_saved(path: Path, note: str) -> int:
+    """Report a run from the JSON it writes after every data set (e.g. a run stopped early);
+    its wall time is from its start to the file's last write."""
+    import datetime
+
+    payload = json.loads(path.read_text())
+    started = datetime.datetime.fromisoformat(payload["started"])
+    written = datetime.datetime.fromtimestamp(path.stat().st_mtime, tz=datetime.UTC)
+    print(report(payload, path, seconds=round((written - started).total_seconds(), 1), note=note))
     return 0
 
 
