@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from emlabel.nets import build_unet
+from emlabel.tables import format_table  # noqa: F401 (the benchmarks import it from here)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,15 +185,6 @@ def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     out["statistic"] = float(res.statistic)
     out["p_value"] = float(res.pvalue)
     return out
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with left-aligned columns and a rule under the header."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def format_p(p: float | None) -> str:

@@ -1,4 +1,5 @@
-"""``emlabel`` command line: demo data, label import, label history, password hashes."""
+"""``emlabel`` command line: demo data, label import, label history, password hashes, and
+the headless ``train`` / ``em`` / ``score`` / ``predict`` (:mod:`emlabel.headless`)."""
 
 from __future__ import annotations
 
@@ -344,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
         "or asks for it)",
     )
     pwd.set_defaults(func=cmd_hash_password)
+
+    from emlabel.headless import add_commands
+
+    add_commands(sub)  # train, em, score, predict: the server's tasks without the server
     return parser
 
 

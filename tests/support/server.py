@@ -35,8 +35,8 @@ def free_port() -> int:
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: no tracking, no automatic scoring (``extra`` may turn it on)."""
     env = dict(os.environ)
-    env.update(extra or {})
     env.update(
         {
             "MONAI_LABEL_TRACKING_ENABLED": "false",
@@ -44,6 +44,7 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra or {})
     return env
 
 
@@ -59,11 +60,11 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def make_app_dir(root: Path) -> Path:
+def make_app_dir(root: Path, app_main: Path = APP_MAIN) -> Path:
     """A private copy of the app folder, so the server's model/ and logs/ land in ``root``."""
     app_dir = root / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(APP_MAIN, app_dir / "main.py")
+    shutil.copy(app_main, app_dir / "main.py")
     return app_dir
 
 
@@ -74,9 +75,11 @@ def running_server(
     conf: Mapping[str, str] | None = None,
     timeout: float = 180,
     env: Mapping[str, str] | None = None,
+    app_main: Path = APP_MAIN,
 ) -> Iterator[RunningServer]:
-    """Start the server on a free 127.0.0.1 port; stop it on exit (``env``: extra variables)."""
-    app_dir = make_app_dir(workdir)
+    """Start the server on a free 127.0.0.1 port; stop it on exit (``env``: extra variables,
+    ``app_main``: the app file, e.g. another checkout's for a before/after benchmark)."""
+    app_dir = make_app_dir(workdir, app_main)
     port = free_port()
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",

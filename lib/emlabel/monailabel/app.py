@@ -343,8 +343,41 @@ class EMLabelAppBase(MONAILabelApp):
 
     @http_errors
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.check_name("strategy", request.get("strategy") or "random", self._strategies)
-        return super().next_sample(request)
+        """The strategy's next image. Unlike MONAI Label's, a click starts no scoring: stock
+        re-runs every scoring method (a process, a pass over every label) after each Next
+        Sample, but scores change only with a label or a model (after training, on demand:
+        :mod:`emlabel.verify.score_cache`)."""
+        strategy = request.get("strategy") or "random"
+        self.check_name("strategy", strategy, self._strategies)
+        answer = self._strategies[strategy](request, self.datastore())
+        if not answer or not answer.get("id"):
+            return {}
+        answer["path"] = self.datastore().get_image_uri(answer["id"])
+        return answer
+
+    def async_scoring(self, method: str | None, params: dict[str, Any] | None = None) -> Any:
+        """Start scoring ``method``; None (MONAI Label's automatic scoring after a training
+        and at start) starts only the methods with a label to judge: none before a model
+        exists, none when every stored score is current."""
+        if method:
+            return super().async_scoring(method, params)
+        due = [name for name, task in self._scoring_methods.items() if self._scoring_due(task)]
+        skipped = sorted(set(self._scoring_methods) - set(due))
+        if skipped:
+            logger.info("automatic scoring: nothing to judge for %s", ", ".join(skipped))
+        return {name: super(EMLabelAppBase, self).async_scoring(name, params) for name in due}
+
+    def _scoring_due(self, task: Any) -> bool:
+        """Whether a scoring task has labels to judge (a task that cannot tell: yes)."""
+        pending = getattr(task, "pending", None)
+        datastore = self.datastore()
+        if pending is None or not isinstance(datastore, VersionedDatastore):
+            return True
+        try:
+            return bool(pending(datastore))
+        except (OSError, ValueError) as e:  # unreadable model or index: let the task report it
+            logger.warning("automatic scoring: could not tell what is stale (%s)", e)
+            return True
 
     @http_errors
     def scoring(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:

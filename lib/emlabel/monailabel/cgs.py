@@ -27,6 +27,7 @@ from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
 from emlabel.nets.app import cgs_network, cgs_serving_network
 from emlabel.settings import AppSettings, settings_to_dict
 from emlabel.training.loading import load_items
+from emlabel.verify.score_cache import force_option
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,36 @@ class IHEDScoring(ScoringMethod):
         self.model_path = Path(model_path)
         self._settings = settings
 
+    def pending(self, datastore: VersionedDatastore, *, force: bool = False) -> list[str]:
+        """Images without a summary by the current cgs model (none before it is trained):
+        the summary depends on the image and the model only."""
+        model = model_ref(self.model_path)
+        if model is None:
+            return []
+        return sorted(
+            image_id
+            for image_id, (info, _) in datastore.image_states().items()
+            if force or (info.get(IHED_INFO_KEY) or {}).get("model") != model
+        )
+
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
+        """Summarise the images not yet summarised by the current model (all: ``force``)."""
         if not self.model_path.exists():
             raise InvalidRequestError("ihed needs a trained cgs model; train 'cgs' first")
+        ids = self.pending(datastore, force=force_option(request))
+        model = model_ref(self.model_path)
+        if ids:
+            self._summarise(datastore, ids, model=model)
+        return {
+            image_id: summary["failed_fraction"]
+            for image_id, (info, _) in sorted(datastore.image_states().items())
+            if (summary := info.get(IHED_INFO_KEY) or {}).get("model") == model
+        }
+
+    def _summarise(
+        self, datastore: VersionedDatastore, ids: list[str], *, model: str | None
+    ) -> None:
+        """Store the IHED summary of each of ``ids`` by the cgs model ``model``."""
         payload = load_payload(self.model_path)
         net = cgs_network(self._settings)
         net.load_state_dict(payload[FULL_MODEL_KEY])
@@ -173,22 +201,17 @@ class IHEDScoring(ScoringMethod):
         inferer = SlidingWindowInferer(
             roi_size=self._settings.roi_size, sw_batch_size=1, overlap=self._settings.sw_overlap
         )
-        ids = sorted(datastore.list_images())
         data = load_items(
             [{"id": i, "image": datastore.require_image(i)} for i in ids],
             settings=self._settings,
             multiple_of=MULTIPLE_OF,
         )
-        model = model_ref(self.model_path)
-        result = {}
         with torch.no_grad():
             for i, image_id in enumerate(ids):
                 out = inferer(data.images[i : i + 1], heads)[0]
                 info = ihed_summary(out, k, self._settings.labels)
                 info |= {"model": model, "time": now_iso()}
                 datastore.update_image_info(image_id, {IHED_INFO_KEY: info})
-                result[image_id] = info["failed_fraction"]
-        return result
 
 
 def ihed_summary(out: torch.Tensor, k: int, names: tuple[str, ...]) -> dict[str, Any]:

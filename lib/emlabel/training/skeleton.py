@@ -23,6 +23,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from emlabel.progress import advance
+
 S = TypeVar("S")
 """A trainer's per-epoch statistics record."""
 
@@ -60,6 +62,12 @@ class EpochTrainer(abc.ABC, Generic[S]):
         for epoch0 in range(len(self.history), total):
             stats = self.after_epoch(epoch0, self.train_epoch(epoch0))
             self.history.append(stats)
+            advance(f"{self.progress_name} epochs", epoch0 + 1, total)
             if on_epoch is not None:
                 on_epoch(stats)
         return self.history
+
+    @property
+    def progress_name(self) -> str:
+        """How progress bars name this trainer (its class name without ``Trainer``)."""
+        return type(self).__name__.removesuffix("Trainer") or type(self).__name__

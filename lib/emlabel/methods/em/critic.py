@@ -25,6 +25,7 @@ from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import Learner
+from emlabel.progress import advance
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items
 from emlabel.verify import (
@@ -173,8 +174,9 @@ class Critic:
             multiple_of=grid_multiple(learner),
         )
         label_map = self.settings.label_map
-        features = {
-            image_id: structure_features(
+        features = {}
+        for i, image_id in enumerate(data.ids):
+            features[image_id] = structure_features(
                 data.labels[i].numpy().astype(np.uint8),
                 members[image_id],
                 spacing=self.settings.target_spacing,
@@ -183,8 +185,7 @@ class Critic:
                 image_id=image_id,
                 annotations=annotations.get(image_id, ()),
             )
-            for i, image_id in enumerate(data.ids)
-        }
+            advance("verifier images", i + 1, len(data.ids))
         human = {item.id for item in labeled if item.human}
         # the shape reference: the human labels, or every label but the models' guesses
         guesses = {item.id for item in labeled if item.pseudo}

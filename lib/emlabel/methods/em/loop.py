@@ -30,6 +30,7 @@ from emlabel.methods.em.estep import e_step
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.methods.em.options import EMOptions
+from emlabel.progress import advance
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 from emlabel.verify import Review
@@ -137,6 +138,7 @@ def pseudo_label_files(
         out.append(
             PseudoLabel(image_id=item.id, path=path, iteration=iteration, model_sha256=checksum)
         )
+        advance("pseudo-labels", len(out), len(items))
     return out
 
 

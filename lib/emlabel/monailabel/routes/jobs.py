@@ -22,6 +22,7 @@ from emlabel.errors import InvalidRequestError
 from emlabel.monailabel.http import http_errors
 from emlabel.monailabel.infer_options import check_infer_options
 from emlabel.monailabel.routes.common import user_of
+from emlabel.verify.score_cache import force_option
 
 BATCH_KEYS = ("max_workers", "max_batch_size", "multi_gpu", "gpus")
 """Batch options besides the infer options (GPU choices are ignored: CPU)."""
@@ -57,9 +58,10 @@ def train_all(params: dict | None = None, run_sync: bool | None = False) -> Any:
 
 @http_errors
 def run_scoring(method: str, params: dict | None = None, run_sync: bool | None = False) -> Any:
-    """``POST /scoring/{method}``: validate the method name, then start it."""
+    """``POST /scoring/{method}``: validate the method name and option ``force``, then start it."""
     instance = app_instance()
     instance.check_name("scoring method", method, instance._scoring_methods)
+    force_option(params or {})
     return stock_scoring.run_method(method, params, run_sync)
 
 
