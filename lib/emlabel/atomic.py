@@ -85,7 +85,7 @@ def atomic_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> No
 def atomic_write_json(data: Any, dest: str | os.PathLike[str]) -> None:
     """Write ``data`` as indented JSON onto ``dest`` atomically."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
 
 def atomic_write_with(

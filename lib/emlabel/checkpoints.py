@@ -110,7 +110,7 @@ def keep_model_version(path: str | os.PathLike[str], *, reason: str) -> Path | N
         os.link(path, kept)
     except OSError:
         atomic_write_with(lambda tmp: tmp.write_bytes(path.read_bytes()), kept)
-    (kept.parent / f"{kept.name}.reason.txt").write_text(reason + "\n")
+    (kept.parent / f"{kept.name}.reason.txt").write_text(reason + "\n", encoding="utf-8")
     return kept
 
 

@@ -267,7 +267,7 @@ def read_config_file(path: Path, *, base_dir: Path | None = None) -> dict[str, A
     if not path.is_absolute() and base_dir is not None and not path.exists():
         path = base_dir / path
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise SettingsError(f"setting '{CONFIG_FILE_KEY}': file not found: {path}") from e
     except json.JSONDecodeError as e:

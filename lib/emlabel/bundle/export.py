@@ -124,12 +124,14 @@ def _write_bundle(
         provenance=provenance,
         eval_metrics={"val_mean_dice": float(best)} if best is not None else {},
     )
-    (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (root / "configs" / "metadata.json").write_text(
+        json.dumps(metadata, indent=2), encoding="utf-8"
+    )
     config = inference_config(settings, network_def)
-    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     torch.save(state_dict, root / "models" / "model.pt")
-    (root / "LICENSE").write_text(LICENSE_TEXT)
-    (root / "docs" / "README.md").write_text(_readme(metadata, settings))
+    (root / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
+    (root / "docs" / "README.md").write_text(_readme(metadata, settings), encoding="utf-8")
 
 
 def _export_torchscript(root: Path, export_def: dict[str, Any]) -> None:

@@ -189,7 +189,7 @@ def _earlier_cases(out: Path) -> set[str]:
     for path in found:
         if path.is_file():
             try:
-                ids |= set(json.loads(path.read_text())["cases"])
+                ids |= set(json.loads(path.read_text(encoding="utf-8"))["cases"])
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"out {out}: unreadable demo file {path.name} ({e})") from e
     return {cid for cid in ids if isinstance(cid, str) and _CASE_ID.match(cid)}

@@ -33,7 +33,7 @@ class DemoTruth:
         path = Path(studies) / MANIFEST
         if not path.exists():
             return None
-        return cls(Path(studies), json.loads(path.read_text()))
+        return cls(Path(studies), json.loads(path.read_text(encoding="utf-8")))
 
     def quality(self, labels: Mapping[str, str]) -> float | None:
         """Mean over ``labels`` (image id -> file) of the mean per-structure Dice to truth."""

@@ -82,7 +82,7 @@ class OrthancConfig:
 
     def write(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.as_json(), indent=2))
+        self.config_path.write_text(json.dumps(self.as_json(), indent=2), encoding="utf-8")
         return self.config_path
 
 

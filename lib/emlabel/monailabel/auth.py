@@ -360,7 +360,7 @@ def load_or_create_secret(path: Path) -> bytes:
             raise AuthConfigError(f"cannot create the secret file {path}: {e}") from e
         logger.info("EMLabel: created the token signing secret %s (mode 0600)", path)
     try:
-        secret = path.read_text().strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except OSError as e:
         raise AuthConfigError(f"secret file {path} cannot be read: {e}") from e
     if len(secret) < 32:

@@ -308,7 +308,7 @@ class VersionedDatastore(LocalDatastore):
         # one mtime tick are still told apart (mtime alone missed about 1 in 200).
         stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if stamp != getattr(self, "_index_stamp", None):
-            with open(path) as fh:
+            with open(path, encoding="utf-8") as fh:
                 self._datastore = LocalDatastoreModel.model_validate_json(fh.read())
             self._datastore.base_path = str(self.studies_path)
             self._index_stamp, self._config_ts = stamp, stat.st_mtime
@@ -330,7 +330,9 @@ class VersionedDatastore(LocalDatastore):
             self._ignore_event_config = True
             data = self._datastore.model_dump_json(exclude={"base_path"}, indent=2)
             atomic_write_with(
-                lambda tmp: tmp.write_text(data), self._datastore_config_path, tmp_dir=self._tmp_dir
+                lambda tmp: tmp.write_text(data, encoding="utf-8"),
+                self._datastore_config_path,
+                tmp_dir=self._tmp_dir,
             )
             stat = os.stat(self._datastore_config_path)
             self._index_stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)

@@ -159,7 +159,7 @@ def abort_stats_file(path: Path, reason: str, *, owner: ProcessRef | None) -> bo
     without a recorded writer is changed only for an ``owner``.
     """
     try:
-        stats = json.loads(path.read_text())
+        stats = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, OSError):
         return False
     if not isinstance(stats, dict) or stats.get("state") != "RUNNING":
@@ -259,7 +259,7 @@ class MethodRun:
     def stage_json(self, target: str | os.PathLike[str], data: Any) -> None:
         """Stage ``data`` as indented JSON (as :func:`emlabel.atomic.atomic_write_json`)."""
         text = json.dumps(data, indent=2, default=str)
-        self.stage_file(target, lambda tmp: tmp.write_text(text))
+        self.stage_file(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def stage_checkpoint(
         self,
@@ -451,7 +451,7 @@ def read_journals(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
         if path.name.startswith("."):
             continue
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             logger.warning("run journal %s unreadable (%s); ignored", path, e)
             continue

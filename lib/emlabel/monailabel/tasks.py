@@ -97,7 +97,7 @@ class StatsFileTrainTask(TrainTask):
         if not self.stats_path.exists():
             return {}
         try:
-            stats = json.loads(self.stats_path.read_text())
+            stats = json.loads(self.stats_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return {}
         if isinstance(stats, dict) and stats_writer_dead(stats):

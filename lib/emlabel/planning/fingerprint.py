@@ -190,7 +190,7 @@ def read_dataset_json(studies: Path) -> tuple[tuple[tuple[str, int], ...], str |
     if not path.is_file():
         return (), None, []
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SettingsError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):

@@ -326,7 +326,7 @@ def read_plan(path: Path) -> Plan:
     """The plan in ``path``; :class:`SettingsError` when missing or broken."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise SettingsError(f"plan file {path} not found (run `emlabel plan`)") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

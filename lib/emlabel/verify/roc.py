@@ -195,7 +195,7 @@ def save_roc(
     data = {"curve": curve.to_dict(), "operating_point": None if point is None else point.to_dict()}
     data |= dict(extra or {})
     with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     fig = Figure(figsize=(4.5, 4.5), dpi=100)
     FigureCanvasAgg(fig)

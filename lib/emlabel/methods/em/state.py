@@ -20,7 +20,7 @@ class EMFiles:
     @staticmethod
     def read(path: Path, default: Any) -> Any:
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             return default
 
