@@ -126,16 +126,33 @@ def test_trainer_request_options(tmp_path):
 def test_a_small_labeled_set_is_sampled_up_to_the_minimum_steps_per_epoch():
     import dataclasses
 
+    from monai import transforms as mt
+    from monai.data import CacheDataset
+
     from emlabel.errors import SettingsError
-    from emlabel.training.supervised import epoch_sampling
+    from emlabel.training.sampling import EpochDraws, epoch_length
 
     settings = dataclasses.replace(AppSettings(), train_batch_size=4, min_steps_per_epoch=25)
-    assert epoch_sampling(200, settings) == {"shuffle": True}  # 50 batches: one pass
-    sampler = epoch_sampling(5, settings)["sampler"]
-    drawn = list(iter(sampler))
-    assert len(drawn) == 100 and set(drawn) <= set(range(5)) and len(set(drawn)) == 5
-    assert epoch_sampling(5, AppSettings()) == {"shuffle": True}  # 0: stock behaviour
+    assert epoch_length(200, settings) == (200, False)  # 50 batches: one pass
+    assert epoch_length(5, settings) == (100, True)
+    assert epoch_length(5, AppSettings()) == (5, False)  # 0: stock behaviour
     two = dataclasses.replace(AppSettings(), train_batch_size=2, min_steps_per_epoch=2)
-    assert epoch_sampling(3, two) == {"shuffle": True}  # one pass is already 2 batches
+    assert epoch_length(3, two) == (3, False)  # one pass is already 2 batches
     with pytest.raises(SettingsError, match="min_steps_per_epoch"):
         dataclasses.replace(AppSettings(), min_steps_per_epoch=-1).validate()
+
+    # the draws of an epoch, and each draw's augmentation, depend on (seed, epoch, draw) only
+    noisy = mt.Compose([mt.RandGaussianNoised(keys="x", prob=1.0)])
+    base = CacheDataset([{"x": torch.zeros(1, 4), "i": i} for i in range(5)], transform=noisy,
+                        progress=False)  # fmt: skip
+    draws = EpochDraws(base, settings=settings)
+    drawn = [int(draws.order[p]) for p in range(len(draws))]
+    assert len(drawn) == 100 and set(drawn) == set(range(5))
+    first = draws[7]["x"].clone()
+    draws[3]  # another draw in between changes nothing
+    assert torch.equal(draws[7]["x"], first) and int(draws[7]["i"]) == drawn[7]
+    draws.set_epoch(1)
+    assert [int(draws.order[p]) for p in range(len(draws))] != drawn
+    other = EpochDraws(base, settings=settings)
+    other.set_epoch(1)
+    assert torch.equal(other.order, draws.order) and torch.equal(other[7]["x"], draws[7]["x"])

@@ -8,19 +8,28 @@ they read and write the same datastore, label versions, models and image info, a
 server started on the same folders sees the results. Progress bars (tqdm) show epochs and
 images; a summary table ends each command. The commands follow nnU-Net's CLI
 (``nnUNetv2_train``, ``nnUNetv2_predict``).
+
+Each also runs under ``torchrun --nproc_per_node N`` (:mod:`emlabel.distributed`): every
+rank builds the same app; trainers that support it (:attr:`DISTRIBUTED`) train as
+DistributedDataParallel and shard their per-image work, ``predict`` shares the images out,
+and rank 0 alone writes and prints. A trainer or scoring method without that support is
+refused under torchrun rather than run N times over.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from emlabel.distributed import distributed_session, sharded_map, world
 from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
-from emlabel.progress import advance, showing_bars
+from emlabel.progress import showing_bars
 from emlabel.tables import format_table
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -79,6 +88,38 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise EMLabelError(str(e.code)) from e
 
 
+def under_torchrun(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """Run ``command`` inside torchrun's process group (a plain call without torchrun)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        with distributed_session():
+            return command(args)
+
+    return run
+
+
+@contextlib.contextmanager
+def progress_bars() -> Iterator[None]:
+    """Progress bars on rank 0 (the other ranks' would interleave)."""
+    with showing_bars() if world().main else contextlib.nullcontext():
+        yield
+
+
+def show(text: str) -> None:
+    """Print on rank 0 only."""
+    if world().main:
+        print(text)
+
+
+def require_distributed(task: Any, kind: str, name: str) -> None:
+    """Under torchrun, refuse a task that cannot split its work over the ranks."""
+    if task is not None and world().distributed and not getattr(task, "DISTRIBUTED", False):
+        raise InvalidRequestError(
+            f"{kind} {name!r} runs in one process only; run it without torchrun"
+        )
+
+
 def scalar_rows(stats: Mapping[str, Any]) -> list[list[Any]]:
     """The top-level numbers and words of a stats dict, one row each."""
     return [[key, value] for key, value in stats.items()
@@ -88,9 +129,10 @@ def scalar_rows(stats: Mapping[str, Any]) -> list[list[Any]]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one of the app's trainers (as ``POST /train/{method}``)."""
     app = open_app(args)
-    with showing_bars():
+    require_distributed(getattr(app, "_trainers", {}).get(args.method), "trainer", args.method)
+    with progress_bars():
         stats = call(app.train, {"model": args.method} | options_of(args))
-    print(format_table(["stat", "value"], scalar_rows(stats)))
+    show(format_table(["stat", "value"], scalar_rows(stats)))
     return 0
 
 
@@ -100,28 +142,32 @@ def cmd_em(args: argparse.Namespace) -> int:
     request = {"model": "em", "iterations": args.iterations} | options_of(args)
     if args.learner:
         request["learner"] = args.learner
-    with showing_bars():
+    with progress_bars():
         stats = call(app.train, request)
     rows = [[row["iteration"], row["verified"], row["accepted"], row["corrected"], row["queued"],
              row["mean_score"], (row.get("remaining_errors") or {}).get("probably_wrong")]
             for row in stats.get("iterations", [])]  # fmt: skip
     headers = ["iteration", "verified", "accepted", "corrected", "queued", "mean score",
                "probably wrong"]  # fmt: skip
-    print(format_table(headers, rows))
+    show(format_table(headers, rows))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score the labels (as ``POST /scoring/{method}``); the least trusted first."""
     app = open_app(args)
-    with showing_bars():
+    if args.top < 0:
+        raise InvalidRequestError(f"--top must be 0 or more, not {args.top}")
+    require_distributed(getattr(app, "_scoring_methods", {}).get(args.method), "scoring method",
+                        args.method)  # fmt: skip
+    with progress_bars():
         scores = call(app.scoring, {"method": args.method, "force": args.force})
     rows = []
     for image_id, score in sorted(scores.items(), key=lambda kv: -float(kv[1] or 0))[: args.top]:
         info = app.datastore().get_image_info(image_id).get(f"emlabel.{args.method}") or {}
         rows.append([image_id, score, "; ".join(info.get("reasons", [])[:1])])
-    print(format_table(["image", "score", "top reason"], rows))
-    print(f"{len(scores)} image(s) scored")
+    show(format_table(["image", "score", "top reason"], rows))
+    show(f"{len(scores)} image(s) scored")
     return 0
 
 
@@ -137,16 +183,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if unknown:
             raise NotFoundError(f"unknown image id(s) {unknown}")
         ids = wanted
-    rows = []
-    for n, image_id in enumerate(ids, start=1):
+
+    def predict(image_id: str) -> list[str]:
         result = call(app.infer, {"model": args.model, "image": image_id})
         source = Path(result["file"])
         suffix = next((s for s in LABEL_SUFFIXES if source.name.endswith(s)), source.suffix)
         target = out / f"{image_id}{suffix}"
         shutil.move(str(source), target)
-        rows.append([image_id, str(target)])
-        advance(f"{args.model} images", n, len(ids))
-    print(format_table(["image", "label"], rows))
+        return [image_id, str(target)]
+
+    # under torchrun each rank predicts its share of the images
+    with progress_bars():
+        rows = sharded_map(predict, ids, progress=f"{args.model} images")
+    show(format_table(["image", "label"], rows))
     return 0
 
 
@@ -176,25 +225,25 @@ def add_commands(sub: Any) -> None:
     options(train)
     train.add_argument("--method", required=True,
                        help="trainer: segmentation, aide, cgs, stats, verifier, em, or a bundle's")  # fmt: skip
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=under_torchrun(cmd_train))
 
     em = sub.add_parser("em", help="EM relabeling without the server (as POST /train/em)")
     common(em)
     options(em)
     em.add_argument("--iterations", type=int, default=1, help="EM iterations (default 1)")
     em.add_argument("--learner", help="segmentation (default), aide or cgs")
-    em.set_defaults(func=cmd_em)
+    em.set_defaults(func=under_torchrun(cmd_em))
 
     score = sub.add_parser("score", help="score the labels without the server (verifier)")
     common(score)
     score.add_argument("--method", default="verifier", help="scoring method (default verifier)")
     score.add_argument("--force", action="store_true", help="judge every label again")
     score.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
-    score.set_defaults(func=cmd_score)
+    score.set_defaults(func=under_torchrun(cmd_score))
 
     predict = sub.add_parser("predict", help="write a model's labels of the studies' images")
     common(predict)
     predict.add_argument("--model", required=True, help="infer task, e.g. segmentation")
     predict.add_argument("--out", required=True, help="folder for the label files")
     predict.add_argument("--images", help="comma-separated image ids (default: all)")
-    predict.set_defaults(func=cmd_predict)
+    predict.set_defaults(func=under_torchrun(cmd_predict))

@@ -31,6 +31,11 @@ def make_learner(name: str, *, settings: AppSettings) -> Learner:
     return cls(settings=settings)
 
 
+def distributed_learners() -> list[str]:
+    """The learners that train under torchrun (DistributedDataParallel)."""
+    return sorted(name for name, cls in LEARNERS.items() if cls.distributed)
+
+
 def load_learner(name: str, *, settings: AppSettings, model_dir: Path) -> Learner:
     """A learner with its published model (``model_dir / model_file``) loaded, if there is one."""
     learner = make_learner(name, settings=settings)
@@ -54,5 +59,6 @@ __all__ = [
     "CGSLearner",
     "Learner",
     "SegmentationLearner",
+    "distributed_learners",
     "make_learner",
 ]

@@ -48,6 +48,7 @@ class SegmentationLearner(Learner):
     name = "segmentation"
     model_file = "segmentation.pt"
     multiple_of = 8
+    distributed = True
 
     def __init__(self, *, settings: AppSettings) -> None:
         self.settings = settings

@@ -242,13 +242,26 @@ class EMLabelAppBase(MONAILabelApp):
             return
         check_image_id(image)
 
-    def check_train_request(self, model: str | None, params: dict[str, Any] | None) -> None:
-        """Validate a train request before MONAI Label starts a training process."""
+    def check_train_request(self, model: str | None, params: dict[str, Any] | None) -> int:
+        """Validate a train request before MONAI Label starts a training process; the
+        number of processes it asks for (option ``processes``, :mod:`.launch`)."""
+        from emlabel.monailabel.launch import requested_processes, trainer_options
+
         self.check_name("trainer", model, self._trainers)
         trainer = self._trainers[model]
+        processes = requested_processes(params or {})
+        if processes > 1 and not getattr(trainer, "DISTRIBUTED", False):
+            several = sorted(n for n, t in self._trainers.items() if getattr(t, "DISTRIBUTED", 0))
+            raise InvalidRequestError(
+                f"trainer {model!r} trains in one process only; 'processes' is for "
+                f"{', '.join(several)}"
+            )
         parse = getattr(trainer, "parse_request", None)
-        if parse is not None:
-            parse(dict(params or {}))
+        options = parse(trainer_options(params or {})) if parse is not None else None
+        refusal = getattr(trainer, "distributed_refusal", None)
+        if processes > 1 and refusal is not None and (message := refusal(options)):
+            raise InvalidRequestError(message)
+        return processes
 
     # ------------------------------------------------------ entry points
     @http_errors
@@ -386,8 +399,19 @@ class EMLabelAppBase(MONAILabelApp):
 
     @http_errors
     def train(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.check_train_request(request.get("model"), request)
-        return super().train(request)
+        """Train (in this process, or under torchrun when the request asks for processes)."""
+        from emlabel.distributed import world
+        from emlabel.monailabel.launch import PROCESSES_KEY, torchrun_train, trainer_options
+
+        model = request.get("model")
+        processes = self.check_train_request(model, request)
+        if processes > 1 and not world().distributed:
+            torchrun_train(
+                app_dir=self.app_dir, studies=self.studies, conf=self.conf, method=str(model),
+                options=trainer_options(request), processes=processes,
+            )  # fmt: skip
+            return self._trainers[model].stats()
+        return super().train({k: v for k, v in request.items() if k != PROCESSES_KEY})
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
         """A human final on an image the verifier routed is a review: record its outcome."""

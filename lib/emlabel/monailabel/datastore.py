@@ -38,6 +38,7 @@ from emlabel.data.validation import (
     check_image_id,
     validate_label_file,
 )
+from emlabel.distributed import world
 from emlabel.errors import ConflictError, EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.labels import (
     LabelKind,
@@ -51,7 +52,13 @@ from emlabel.labels import (
 from emlabel.labels.provenance import INFO_KEY, now_iso
 from emlabel.labels.versions import FINAL_TAG, default_kind, is_valid_client_tag, is_version_tag
 from emlabel.monailabel.http import http_errors
-from emlabel.monailabel.runs import RUNS_DIR_NAME, MethodRun, RecoveryReport, recover_runs
+from emlabel.monailabel.runs import (
+    RUNS_DIR_NAME,
+    FollowerRun,
+    MethodRun,
+    RecoveryReport,
+    recover_runs,
+)
 from emlabel.settings import AppSettings
 
 logger = logging.getLogger(__name__)
@@ -429,7 +436,11 @@ class VersionedDatastore(LocalDatastore):
         return self.studies_path / RUNS_DIR_NAME
 
     def begin_run(self, method: str, *, stats_path: Path | None = None) -> MethodRun:
-        """Start a run of ``method`` (use as a context manager: commit on success)."""
+        """Start a run of ``method`` (use as a context manager: commit on success); under
+        torchrun, ranks other than 0 get a run that writes nothing (:class:`FollowerRun`)."""
+        here = world()
+        if not here.main:
+            return FollowerRun(datastore=self, method=method, rank=here.rank)
         return MethodRun.begin(self, method, stats_path=stats_path)
 
     def recover_runs(

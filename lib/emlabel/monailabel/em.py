@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from emlabel.checkpoints import model_ref
+from emlabel.distributed import shared_temporary_directory, world
 from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
-from emlabel.learners import load_learner
+from emlabel.learners import distributed_learners, load_learner
 from emlabel.methods.em import (
     EMFiles,
     EMItem,
@@ -67,6 +67,7 @@ class EMTrainTask(OptionsTrainTask):
         "seed",
     )
     OPTION_NAME = "em"
+    DISTRIBUTED = True  # with a learner that trains distributed (checked per request)
 
     def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
         super().__init__(model_path=model_path, settings=settings, description=description)
@@ -79,6 +80,8 @@ class EMTrainTask(OptionsTrainTask):
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
         options = self.parse_request(request)
         settings = dataclasses.replace(self._settings, seed=options.seed)
+        if world().distributed and (message := self.distributed_refusal(options)):
+            raise InvalidRequestError(message)
         learner = load_learner(options.learner, settings=settings, model_dir=self.model_dir)
         items = datastore_items(datastore)
         if not any(item.label for item in items):
@@ -100,7 +103,7 @@ class EMTrainTask(OptionsTrainTask):
             self.write_stats(self._stats("RUNNING", started, options, rows, review_threshold, roc))
 
         with (
-            tempfile.TemporaryDirectory(prefix="emlabel-em-") as tmp,
+            shared_temporary_directory(prefix="emlabel-em-") as tmp,
             datastore.begin_run("em", stats_path=self.stats_path) as run,
         ):
             learned, learned_ref = self._learned_verifier(run, items, learner, settings)
@@ -129,6 +132,15 @@ class EMTrainTask(OptionsTrainTask):
             run.stage_json(self.files.state, {"iteration": last, "time": now_iso()})
             stats = self._stats("DONE", started, options, rows, review_threshold, roc)
             return self.write_stats(stats | {"model_sha256": checksum}, run=run)
+
+    def distributed_refusal(self, options: EMOptions) -> str | None:
+        """Why these options cannot run in several processes (None: they can)."""
+        if options.learner in distributed_learners():
+            return None
+        return (
+            f"learner {options.learner!r} trains in one process only; run em with it in one "
+            f"process (several processes: {', '.join(distributed_learners())})"
+        )
 
     def _learned_verifier(
         self, run: MethodRun, items: Sequence[EMItem], learner: Learner, settings: AppSettings
@@ -223,5 +235,6 @@ class EMTrainTask(OptionsTrainTask):
             "review_threshold": review_threshold,
             "operating_point": operating,
             "reviews": len(self.files.load_reviews()),
+            "processes": world().size,
             "model_sha256": None,
         }

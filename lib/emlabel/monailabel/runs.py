@@ -45,6 +45,7 @@ from filelock import FileLock
 
 from emlabel.atomic import atomic_write_json, atomic_write_with, remove_dead_temp_files
 from emlabel.checkpoints import keep_model_version, publish_checkpoint
+from emlabel.distributed import barrier
 from emlabel.labels import LabelVersion, Provenance
 from emlabel.labels.provenance import now_iso
 
@@ -331,6 +332,7 @@ class MethodRun:
             self._abort_for(exc)
             return False
         try:
+            barrier()  # under torchrun: every rank's work is done before any of it shows
             self.commit()
         except BaseException as e:
             self._abort_for(e)  # only while nothing was renamed yet (state still running)
@@ -374,6 +376,75 @@ class MethodRun:
 
     def _write_journal(self) -> None:
         _write(self.journal_path, self._record())
+
+
+class FollowerRun(MethodRun):
+    """What ranks other than 0 get from ``begin_run`` under torchrun: a run that writes nothing.
+
+    The same calls as rank 0's run, so trainers need no rank checks: files are staged into
+    a private temporary folder (removed at the end), versions are not stored (their tags
+    are stand-ins), image info is dropped, no journal is kept. Its end waits at the same
+    barrier as rank 0's commit, so rank 0 commits only when every rank finished.
+    """
+
+    def __init__(self, *, datastore: VersionedDatastore, method: str, rank: int) -> None:
+        self._scratch: Path | None = None  # made on the first staged file
+        self._rank = rank
+        super().__init__(
+            datastore=datastore, method=method, run_id=f"rank{rank}-follower",
+            journal_path=Path(os.devnull),
+        )  # fmt: skip
+
+    def stage_path(self, target: str | os.PathLike[str], *, model: bool = False) -> Path:
+        import tempfile
+
+        self._check_open()
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"emlabel-rank{self._rank}-"))
+        return self._scratch / f"{len(self._files)}-{Path(target).name}"
+
+    def stage_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        state_dict: dict[str, Any],
+        meta: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        staged = self.stage_path(path, model=True)
+        self._files[str(staged)] = StagedFile(target=str(path), staged=str(staged), model=True)
+        return publish_checkpoint(staged, state_dict, meta, extra=extra)
+
+    def add_version(self, image_id: str, label_file: str, provenance: Provenance) -> LabelVersion:
+        self._check_open()
+        self._versions.append(
+            version := LabelVersion(
+                image_id=image_id, tag=f"rank{self._rank}-unstored-{len(self._versions) + 1}",
+                provenance=provenance.replace(run=self.run_id, pending=True),
+            )
+        )  # fmt: skip
+        return version
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        self._check_open()
+
+    def commit(self) -> None:
+        self._check_open()
+        self.state = RunState.COMMITTED
+        self._remove_scratch()
+
+    def abort(self, reason: str) -> None:
+        if self.state == RunState.RUNNING:
+            self.state, self.reason = RunState.ABORTED, reason
+            self._remove_scratch()
+
+    def _write_journal(self) -> None:
+        return None
+
+    def _remove_scratch(self) -> None:
+        import shutil
+
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:

@@ -111,11 +111,15 @@ class StatsFileTrainTask(TrainTask):
         Records the writing process (``pid``, ``process_started``, ``host``) so recovery can
         mark the stats of a killed training ``ABORTED``. With ``run`` (a
         :class:`~emlabel.monailabel.runs.MethodRun`) the stats are staged and appear when
-        the run commits, together with its model and label versions.
+        the run commits, together with its model and label versions. Under torchrun only
+        rank 0 writes.
         """
+        from emlabel.distributed import world
         from emlabel.monailabel.runs import process_fields
 
         stats = json_safe(stats | process_fields())
+        if not world().main:
+            return stats
         if run is not None:
             run.stage_json(self.stats_path, stats)
         else:
@@ -144,6 +148,9 @@ class OptionsTrainTask(StatsFileTrainTask):
 
     REQUEST_KEYS: tuple[str, ...] = ()
     OPTION_NAME = "train"
+    #: True when it runs under torchrun: DistributedDataParallel, per-image work sharded,
+    #: rank 0 writing (:mod:`emlabel.distributed`); the CLI refuses the others there.
+    DISTRIBUTED: bool = False
 
     def __init__(self, *, model_path: str, settings: AppSettings, description: str) -> None:
         super().__init__(description, model_path)

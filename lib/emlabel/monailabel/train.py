@@ -12,6 +12,9 @@ import datetime as dt
 import logging
 from typing import Any
 
+import torch
+
+from emlabel.distributed import world
 from emlabel.labels.provenance import now_iso
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.tasks import OptionsTrainTask
@@ -35,6 +38,7 @@ class SegmentationTrainer(OptionsTrainTask):
     )
 
     OPTION_NAME = "train"
+    DISTRIBUTED = True
 
     def default_options(self, settings: AppSettings) -> Any:
         return settings
@@ -46,6 +50,7 @@ class SegmentationTrainer(OptionsTrainTask):
             items, val_fraction=settings.val_fraction, seed=settings.seed
         )
         logger.info("training on %d images, validating on %d", len(train_items), len(val_items))
+        torch.manual_seed(settings.seed)  # the initial weights: a run is repeatable
         network = segmentation_unet(settings)
         started = now_iso()
         history: list[dict[str, Any]] = []
@@ -104,6 +109,7 @@ class SegmentationTrainer(OptionsTrainTask):
             "best_metric": (result or {}).get("best_val_dice"),
             "label_sources": _label_sources(items),
             "model_sha256": checksum,
+            "processes": world().size,
             "history": history,
         }
         return self.write_stats(stats, run=run)

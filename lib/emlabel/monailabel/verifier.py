@@ -19,6 +19,7 @@ from typing import Any
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from emlabel.checkpoints import model_ref
+from emlabel.distributed import world
 from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.learners import load_learner
@@ -103,8 +104,11 @@ class VerifierScoring(ScoringMethod):
     """Scoring ``verifier``: each labeled image's probability of a wrong label, with reasons.
 
     Judges only the labels whose inputs changed since their last score (the key in
-    :mod:`emlabel.verify.score_cache`), or all with the request option ``force``.
+    :mod:`emlabel.verify.score_cache`), or all with the request option ``force``. Under
+    torchrun the critic's per-image work is sharded and rank 0 stores the scores.
     """
+
+    DISTRIBUTED = True
 
     def __init__(self, *, settings: AppSettings, model_path: str) -> None:
         super().__init__("Label verifier: probability that each image's best label is wrong")
@@ -175,7 +179,7 @@ class VerifierScoring(ScoringMethod):
         run = critic.run(items, learner)
         learned_ref = context.learned
         for image_id in run.machine_ids:
-            if image_id not in stale:
+            if image_id not in stale or not world().main:  # under torchrun rank 0 writes
                 continue
             info = run.info(
                 image_id, iteration=context.iteration, model=context.model,

@@ -36,6 +36,18 @@ class LoadedSet:
     inverter: mt.Compose
     """The transforms to undo (same instances as applied)."""
 
+    def subset(self, indices: Sequence[int]) -> LoadedSet:
+        """The items at ``indices`` on the same grid (same padding): a rank's share."""
+        rows = list(indices)
+        return LoadedSet(
+            ids=[self.ids[i] for i in rows],
+            images=self.images[rows],
+            labels=self.labels[rows],
+            has_label=self.has_label[rows],
+            processed=[self.processed[i] for i in rows],
+            inverter=self.inverter,
+        )
+
 
 def load_items(
     items: Sequence[dict[str, Any]], *, settings: AppSettings, multiple_of: int

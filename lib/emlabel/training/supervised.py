@@ -1,6 +1,6 @@
 """Supervised segmentation training on the best available labels.
 
-Plain PyTorch + MONAI (DiceCELoss, DiceMetric, sliding-window validation). The caller
+Plain PyTorch + MONAI (DiceCELoss, compute_dice, sliding-window validation). The caller
 gives the items (from the label resolver) and gets back the best weights and per-epoch
 statistics; publishing the model is the caller's job.
 """
@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader, decollate_batch
+from monai.data import CacheDataset
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from monai.transforms import AsDiscrete
 from monai.utils import set_determinism
-from torch.utils.data import RandomSampler
+from torch.nn.parallel import DistributedDataParallel
 
+from emlabel.distributed import mean_over_ranks, sharded_map, world
 from emlabel.settings import AppSettings
+from emlabel.training.sampling import EpochDraws, epoch_loader
 from emlabel.training.skeleton import EpochTrainer
 from emlabel.transforms import eval_chain, train_chain
 
@@ -67,19 +68,13 @@ def split_items(
     return items[n_val:], items[:n_val]
 
 
-def epoch_sampling(n_items: int, settings: AppSettings) -> dict[str, Any]:
-    """DataLoader arguments for one epoch: a shuffled pass over the items, or, when that gives
-    fewer than ``settings.min_steps_per_epoch`` batches (``ceil(n / batch_size)``),
-    ``min_steps * batch_size`` items drawn with replacement (torch's ``RandomSampler``), as
-    nnU-Net fixes its steps per epoch."""
-    steps, batch = settings.min_steps_per_epoch, settings.train_batch_size
-    if math.ceil(n_items / batch) >= steps:
-        return {"shuffle": True}
-    return {"sampler": RandomSampler(range(n_items), replacement=True, num_samples=steps * batch)}
-
-
 class SupervisedTrainer(EpochTrainer[EpochStats]):
-    """DiceCE training on labeled items, keeping the weights of the best validation Dice."""
+    """DiceCE training on labeled items, keeping the weights of the best validation Dice.
+
+    Under torchrun the network trains as DistributedDataParallel, each rank on its share
+    of every global batch (:mod:`emlabel.training.sampling`) and its share of the
+    validation images; the weights stay the same on every rank, and so does the best epoch.
+    """
 
     def __init__(
         self,
@@ -99,13 +94,15 @@ class SupervisedTrainer(EpochTrainer[EpochStats]):
             torch.set_num_threads(settings.num_threads)
         self.settings, self.device, self.max_epochs = settings, device, max_epochs
         self.network = network.to(device)
+        self.world = world()
+        self.model = (
+            DistributedDataParallel(self.network) if self.world.distributed else self.network
+        )
         self.train_ids = [str(x["id"]) for x in train_items]
         self.val_ids = [str(x["id"]) for x in val_items]
         train_ds = CacheDataset(list(train_items), transform=train_chain(settings), progress=False)
-        self.loader = DataLoader(
-            train_ds, batch_size=settings.train_batch_size, num_workers=0,
-            **epoch_sampling(len(train_ds), settings),
-        )  # fmt: skip
+        self.draws = EpochDraws(train_ds, settings=settings)
+        self.loader = epoch_loader(self.draws, settings=settings)
         self.val_ds = CacheDataset(list(val_items), transform=eval_chain(settings), progress=False)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
@@ -115,24 +112,25 @@ class SupervisedTrainer(EpochTrainer[EpochStats]):
     def train_epoch(self, epoch0: int) -> EpochStats:
         start = time.perf_counter()
         self.network.train()
+        self.draws.set_epoch(epoch0)
         losses = []
         for batch in self.loader:
             self.optimizer.zero_grad()
-            logits = self.network(batch["image"].to(self.device))
+            logits = self.model(batch["image"].to(self.device))
             loss = self.loss_fn(logits, batch["label"].to(self.device))
             loss.backward()
             self.optimizer.step()
             losses.append(float(loss.detach()))
         return EpochStats(
             epoch=epoch0 + 1,
-            train_loss=sum(losses) / len(losses),
+            train_loss=mean_over_ranks(sum(losses) / len(losses)),
             val_dice=None,
             val_dice_per_class={},
             seconds=time.perf_counter() - start,
         )
 
     def after_epoch(self, epoch0: int, stats: EpochStats) -> EpochStats:
-        """Validate; keep the weights when the mean Dice is at least the best so far."""
+        """Validate (rank 0); keep the weights when the mean Dice is at least the best so far."""
         start = time.perf_counter()
         per_class = (
             validate(self.network, self.val_ds, settings=self.settings, device=self.device)
@@ -187,28 +185,41 @@ def train_supervised(
 def validate(
     network: torch.nn.Module, dataset: CacheDataset, *, settings: AppSettings, device: str = "cpu"
 ) -> dict[str, float]:
-    """Mean Dice per structure over ``dataset`` with sliding-window inference."""
+    """Mean Dice per structure over ``dataset`` with sliding-window inference (under
+    torchrun each rank validates its share; every rank gets the result).
+
+    Per structure: the mean over the images whose label has it (MONAI's ``compute_dice``
+    with ``ignore_empty``, as ``DiceMetric(reduction="mean_batch")``, whose own gathering
+    would wait for ranks that validate nothing); structures absent from every label are
+    left out.
+    """
     network.eval()
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     to_pred = AsDiscrete(argmax=True, to_onehot=settings.num_classes)
     to_label = AsDiscrete(to_onehot=settings.num_classes)
-    present: set[int] = set()
-    for item in DataLoader(dataset, batch_size=1, num_workers=0):
-        present.update(int(v) for v in torch.unique(item["label"]))
+
+    def dice_of(i: int) -> torch.Tensor:
+        item = dataset[i]
         logits = sliding_window_inference(
-            item["image"].to(device),
+            item["image"][None].to(device),
             roi_size=settings.roi_size,
             sw_batch_size=1,
             predictor=network,
             overlap=settings.sw_overlap,
         )
-        preds = [to_pred(x) for x in decollate_batch(logits)]
-        labels = [to_label(x) for x in decollate_batch(item["label"].to(device))]
-        metric(y_pred=preds, y=labels)
-    values = metric.aggregate().tolist()
-    # Structures absent from every validation label have no Dice; leave them out.
+        label = item["label"].to(device)
+        return compute_dice(
+            to_pred(logits[0])[None], to_label(label)[None], include_background=False,
+            ignore_empty=True,
+        )[0].cpu()  # fmt: skip
+
+    rows = sharded_map(dice_of, range(len(dataset)))
+    if not rows:
+        return {}
+    table = torch.stack(rows)  # images x structures, NaN where the label lacks it
+    present = ~torch.isnan(table)
+    sums = torch.where(present, table, torch.zeros_like(table)).sum(dim=0)
     return {
-        name: float(v)
-        for value, (name, v) in enumerate(zip(settings.labels, values, strict=True), start=1)
-        if value in present
+        name: float(sums[k] / present[:, k].sum())
+        for k, name in enumerate(settings.labels)
+        if present[:, k].any()
     }

@@ -16,16 +16,17 @@ their consensus a candidate for the expert.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from emlabel.distributed import sharded_map
 from emlabel.errors import InvalidRequestError
 from emlabel.labels.provenance import now_iso
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import Learner
-from emlabel.progress import advance
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items
 from emlabel.verify import (
@@ -76,6 +77,9 @@ class CriticRun:
     """Image -> verifier name -> structure -> P(wrong), for every verifier that scored it."""
     annotations: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     """Image -> its annotators' label maps on ``data``'s grid (images with two or more)."""
+    work_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds of work per part, summed over images (and ranks): ``ensemble`` (the
+    learner's inference), ``features`` (the verifier's features)."""
 
     def _index(self, image_id: str) -> int:
         return self.data.ids.index(image_id)
@@ -163,10 +167,6 @@ class Critic:
             settings=self.settings,
             multiple_of=grid_multiple(learner),
         )
-        if learner is not None:
-            members = dict(zip(data.ids, learner.members(data), strict=True))
-        else:
-            members = {image_id: [] for image_id in data.ids}
         annotations = load_annotations(
             labeled,
             data,
@@ -174,18 +174,29 @@ class Critic:
             multiple_of=grid_multiple(learner),
         )
         label_map = self.settings.label_map
-        features = {}
-        for i, image_id in enumerate(data.ids):
-            features[image_id] = structure_features(
+
+        def judge(i: int) -> tuple[list[np.ndarray], dict[str, StructureFeatures], float, float]:
+            """Image ``i``'s ensemble and features, and the seconds each took (under
+            torchrun: on one rank)."""
+            image_id = data.ids[i]
+            start = time.perf_counter()
+            members = learner.members(data.subset([i]))[0] if learner is not None else []
+            inferred = time.perf_counter()
+            features = structure_features(
                 data.labels[i].numpy().astype(np.uint8),
-                members[image_id],
+                members,
                 spacing=self.settings.target_spacing,
                 labels=label_map,
                 image=data.images[i, 0].numpy(),
                 image_id=image_id,
                 annotations=annotations.get(image_id, ()),
             )
-            advance("verifier images", i + 1, len(data.ids))
+            return members, features, inferred - start, time.perf_counter() - inferred
+
+        judged = sharded_map(judge, range(len(data.ids)), progress="verifier images")
+        members = {image_id: j[0] for image_id, j in zip(data.ids, judged, strict=True)}
+        features = {image_id: j[1] for image_id, j in zip(data.ids, judged, strict=True)}
+        work = {"ensemble": sum(j[2] for j in judged), "features": sum(j[3] for j in judged)}
         human = {item.id for item in labeled if item.human}
         # the shape reference: the human labels, or every label but the models' guesses
         guesses = {item.id for item in labeled if item.pseudo}
@@ -204,6 +215,7 @@ class Critic:
             verdicts=verdicts, population=population, verifier=verifier,
             tags={item.id: item.tag for item in labeled}, label_map=dict(label_map),
             choice=self._choose(), learned=self.learned, annotations=annotations,
+            work_seconds=work,
         )  # fmt: skip
         self._score_learned(run)
         return run
@@ -224,6 +236,16 @@ class Critic:
 
     def _score_learned(self, run: CriticRun) -> None:
         """Both verifiers' probabilities per image; the chosen one's in the verdicts."""
+        learned_scores: dict[str, dict[str, float]] = {}
+        if run.learned is not None:
+            learned_verifier = run.learned
+            scored = sharded_map(
+                lambda i: learned_verifier.score(
+                    run.image_channels(i), run.label(i), model_maps=run.model_maps(i)
+                ),
+                run.machine_ids,
+            )
+            learned_scores = dict(zip(run.machine_ids, scored, strict=True))
         for image_id in run.machine_ids:
             verdict = run.verdicts[image_id]
             run.scores[image_id] = {
@@ -231,10 +253,7 @@ class Critic:
             }
             if run.learned is None:
                 continue
-            learned = run.learned.score(
-                run.image_channels(image_id), run.label(image_id),
-                model_maps=run.model_maps(image_id),
-            )  # fmt: skip
+            learned = learned_scores[image_id]
             run.scores[image_id][LEARNED] = learned
             if run.uses_learned:
                 structures = [

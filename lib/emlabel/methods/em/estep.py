@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from emlabel.distributed import sharded_map
 from emlabel.labels.consensus import MIN_STAPLE_ANNOTATORS, consensus_label
 from emlabel.methods.em.decide import Action, Decision, decide
 from emlabel.verify import ImageVerdict, LabelExpert, LabelVerifier, ShapePopulation
@@ -68,8 +69,9 @@ def e_step(
     its annotators' label maps, if any, in ``annotations``); ``judges``: per image, the
     learned pairwise judge the expert uses instead of the hand-built badness (when chosen)."""
     expert = LabelExpert(verifier=verifier, labels=label_map, containment=containment)
-    decisions, corrections = [], {}
-    for image_id, verdict in verdicts.items():
+
+    def decide_one(image_id: str) -> tuple[Decision, np.ndarray | None]:
+        verdict = verdicts[image_id]
         choice = None
         candidates: dict[str, np.ndarray] = {}
         if verdict.probability_wrong >= correct_threshold:
@@ -92,7 +94,16 @@ def e_step(
             correct_threshold=correct_threshold,
             review_threshold=review_threshold,
         )
-        decisions.append(decision)
-        if decision.action == Action.CORRECT and choice is not None:
-            corrections[image_id] = candidates[choice.best]
-    return EStepResult(decisions=decisions, corrections=corrections)
+        corrected = (
+            candidates[choice.best]
+            if decision.action == Action.CORRECT and choice is not None
+            else None
+        )
+        return decision, corrected
+
+    # under torchrun each rank puts its share of the images to the expert
+    decided = sharded_map(decide_one, list(verdicts), progress="expert choices")
+    return EStepResult(
+        decisions=[d for d, _ in decided],
+        corrections={d.image_id: c for d, c in decided if c is not None},
+    )

@@ -42,6 +42,9 @@ class Learner(abc.ABC):
     """Checkpoint key holding what :meth:`load_state_dict` takes (CGS: its full teacher)."""
     semi_supervised: ClassVar[bool] = False
     """True when it learns from unlabeled images itself (the loop then adds no pseudo-labels)."""
+    distributed: ClassVar[bool] = False
+    """True when :meth:`fit` trains as DistributedDataParallel under torchrun (the E-step's
+    per-image work is sharded for every learner)."""
 
     @abc.abstractmethod
     def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +25,13 @@ import numpy as np
 import torch
 
 from emlabel.data.label_files import write_label
+from emlabel.distributed import sharded_map
 from emlabel.methods.em.critic import Critic, CriticRun
 from emlabel.methods.em.decide import Action, Decision
 from emlabel.methods.em.estep import e_step
 from emlabel.methods.em.items import EMItem
 from emlabel.methods.em.learner import FitSpec, Learner
 from emlabel.methods.em.options import EMOptions
-from emlabel.progress import advance
 from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items, to_original_grid
 from emlabel.verify import Review
@@ -118,9 +119,9 @@ def pseudo_label_files(
     iteration: int,
 ) -> list[PseudoLabel]:
     """The learner's prediction for each of ``items`` as a file in ``workdir``."""
-    out = []
     checksum = state_sha256(learner.state_dict()) if items else ""
-    for item in items:
+
+    def pseudo_label(item: EMItem) -> PseudoLabel:
         # one image at a time: its own padding (as when it is served) and bounded memory
         data = load_items(
             [{"id": item.id, "image": item.image}], settings=settings,
@@ -135,11 +136,10 @@ def pseudo_label_files(
             path=workdir / f"{item.id}.pseudo.it{iteration}.nii.gz",
             settings=settings,
         )
-        out.append(
-            PseudoLabel(image_id=item.id, path=path, iteration=iteration, model_sha256=checksum)
-        )
-        advance("pseudo-labels", len(out), len(items))
-    return out
+        return PseudoLabel(image_id=item.id, path=path, iteration=iteration, model_sha256=checksum)
+
+    # under torchrun each rank predicts its share (``workdir`` is shared by the ranks)
+    return sharded_map(pseudo_label, items, progress="pseudo-labels")
 
 
 _PENDING_PREFIX = {"correction": "pending", "pseudo": "pending-pseudo"}
@@ -217,6 +217,29 @@ class EMLoop:
             )
         return made
 
+    def write_corrections(
+        self,
+        corrected: Sequence[Decision],
+        labels: Mapping[str, np.ndarray],
+        run: CriticRun,
+        current: Mapping[str, EMItem],
+        iteration: int,
+    ) -> list[str]:
+        """Each corrected label as a file on its image's grid in the work folder (under
+        torchrun each rank writes its share)."""
+
+        def write(decision: Decision) -> str:
+            return save_on_image_grid(
+                labels[decision.image_id],
+                run.data,
+                run.data.ids.index(decision.image_id),
+                image=current[decision.image_id].image,
+                path=self.workdir / f"{decision.image_id}.it{iteration}.nii.gz",
+                settings=self.settings,
+            )
+
+        return sharded_map(write, corrected)
+
     def run(self, items: Sequence[EMItem], *, first_iteration: int = 1) -> EMResult:
         """Iterate; ``items`` carry the current best labels (the learner may be untrained)."""
         current = {item.id: item for item in items}
@@ -227,9 +250,12 @@ class EMLoop:
         rows, corrections, pseudo_made = [], [], {}
         run, decisions = None, []
         for n in range(first_iteration, first_iteration + self.options.iterations):
+            e_start = time.perf_counter()
             if self.makes_pseudo_labels:
                 pseudo_made |= {p.tag: p for p in self.refresh_pseudo_labels(current, unlabeled, n)}
+            critic_start = time.perf_counter()
             run = self.critic.run(list(current.values()), self.learner)
+            expert_start = time.perf_counter()
             result = e_step(
                 labels={i: run.label(i) for i in run.machine_ids},
                 members=run.members,
@@ -245,18 +271,10 @@ class EMLoop:
                 review_threshold=self.review_threshold,
             )
             decisions = result.decisions
-            for decision in decisions:
-                if decision.action != Action.CORRECT:
-                    continue
-                i = run.data.ids.index(decision.image_id)
-                path = save_on_image_grid(
-                    result.corrections[decision.image_id],
-                    run.data,
-                    i,
-                    image=current[decision.image_id].image,
-                    path=self.workdir / f"{decision.image_id}.it{n}.nii.gz",
-                    settings=self.settings,
-                )
+            expert_end = time.perf_counter()
+            corrected = [d for d in decisions if d.action == Action.CORRECT]
+            paths = self.write_corrections(corrected, result.corrections, run, current, n)
+            for decision, path in zip(corrected, paths, strict=True):
                 parent = run.tags[decision.image_id]
                 corrections.append(
                     Correction(
@@ -277,8 +295,19 @@ class EMLoop:
                 d.image_id for d in decisions
                 if d.action == Action.REVIEW and current[d.image_id].pseudo
             ]  # fmt: skip
+            m_start = time.perf_counter()
             m_stats = self.m_step(list(current.values()), leave_out=doubtful)
-            row = summarize_iteration(n, decisions, run, m_stats)
+            row = summarize_iteration(n, decisions, run, m_stats) | {
+                "e_step_seconds": round(m_start - e_start, 3),
+                "m_step_seconds": round(time.perf_counter() - m_start, 3),
+                "e_step_parts": {  # wall seconds; *_work: summed over images and ranks
+                    "pseudo_labels": round(critic_start - e_start, 3),
+                    "critic": round(expert_start - critic_start, 3),
+                    "expert": round(expert_end - expert_start, 3),
+                    "write_corrections": round(m_start - expert_end, 3),
+                    **{f"{k}_work": round(v, 3) for k, v in run.work_seconds.items()},
+                },
+            }
             row["remaining_errors"] = estimate_remaining_errors(
                 [d.probability_wrong for d in decisions],
                 self.random_reviews,
