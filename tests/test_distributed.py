@@ -50,7 +50,7 @@ def emlabel(args: list[str], *, processes: int = 1, **popen: object) -> subproce
     # one thread per process, as torchrun's ranks: the same float arithmetic per image
     return subprocess.Popen(
         [*launcher, "-m", "emlabel.cli", *args], env=server_env({"OMP_NUM_THREADS": "1"}),
-        text=True,
+        encoding="utf-8", errors="replace",  # progress bars are UTF-8 whatever the locale
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen,
     )  # fmt: skip
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from monailabel.client import MONAILabelClient
@@ -12,6 +14,12 @@ from monailabel.client import MONAILabelClient
 from tests.test_server import post_json, status_of, wait_for_training
 
 pytestmark = pytest.mark.server
+
+
+def review_page(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/emlabel/review/", timeout=60) as answer:
+        assert answer.status == 200 and answer.headers["content-type"].startswith("text/html")
+        return answer.read().decode("utf-8")
 
 
 def image_info(client: MONAILabelClient, image_id: str) -> dict:
@@ -40,6 +48,15 @@ def test_score_route_review_and_em_iteration_recalibrates(server):
         assert 0.0 <= verdict["score"] <= 1.0 and verdict["mode"] == "prior"
         assert verdict["label_tag"] == "noisy" and verdict["features"]
 
+    # the review page lists the same cases, least trusted first, with their reasons
+    page = review_page(server.url)
+    ranked = sorted(scores, key=lambda i: (-scores[i], i))
+    assert [page.index(f"<code>{i}</code>") for i in ranked] == sorted(
+        page.index(f"<code>{i}</code>") for i in ranked
+    )
+    first_reason = before[ranked[0]]["reasons"][0]
+    assert html.escape(first_reason) in page and "No review saved yet." in page
+
     # the strategy offers the least trusted label first, with its reasons
     sample = client.next_sample("verifier", {})
     assert sample["id"] == max(scores, key=scores.get)
@@ -54,6 +71,10 @@ def test_score_route_review_and_em_iteration_recalibrates(server):
 
     # the budget (5% of the labeled images, at least one) is used: no more samples
     assert client.next_sample("verifier", {}) == {}
+    page = review_page(server.url)
+    reviewed = page.split("<h2>Reviewed</h2>", 1)[1]
+    assert f"<code>{sample['id']}</code>" in reviewed and "the machine label was wrong" in reviewed
+    assert "review budget 1 of 1 used" in page
 
     client.train_start("em", {"iterations": 1, "epochs": 1})
     status = wait_for_training(client)

@@ -94,3 +94,24 @@ def test_the_em_doubtful_pseudo_labels_option_is_a_typed_boolean():
     assert parsed.doubtful_pseudo_labels is False
     with pytest.raises(InvalidRequestError, match="doubtful_pseudo_labels"):
         parse_options({"doubtful_pseudo_labels": "maybe"}, EMOptions(), keys, what="em")
+
+
+def test_the_review_page_escapes_what_the_datastore_holds_and_links_studies_to_ohif():
+    from emlabel.monailabel.review_page import QueuedCase, ReviewQueue, render_review_page
+
+    hostile = "<script>alert(1)</script>"
+    case = QueuedCase(
+        image_id=hostile, score=0.9, reasons=[f"reason {hostile}"], worst_structure="liver",
+        label_tag="noisy", study_uid="1.2.3&x", within_budget=True, served=False,
+    )  # fmt: skip
+    queue = ReviewQueue(
+        iteration=1,
+        budget={"used": 0, "budget": 1, "remaining": 1, "budget_fraction": 0.05, "n_labeled": 6},
+        random_share=0.2,
+        remaining={"meaningful": False, "reason": "not meaningful yet: 0 random review(s)"},
+        queue=[case], reviewed=[],
+    )  # fmt: skip
+    page = render_review_page(queue)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "StudyInstanceUIDs=1.2.3%26x" in page and "not meaningful yet" in page
+    assert "review budget 0 of 1 used" in page and "next" in page

@@ -86,6 +86,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("PUT", "/model/{model}"): ADMIN,
     ("DELETE", "/model/{model}"): ADMIN,
     ("GET", "/emlabel/bundle/{model}"): REVIEWER,
+    ("GET", "/emlabel/review/"): ANNOTATOR,
     # datastore: read
     ("GET", "/datastore/"): ANNOTATOR,
     ("HEAD", "/datastore/image"): ANNOTATOR,

@@ -77,7 +77,8 @@ def torchrun_train(
     for key, value in options.items():
         command += ["--option", f"{key}={json.dumps(value)}"]
     logger.info("training %s in %d processes: %s", method, processes, " ".join(command))
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace",
+                          check=False)  # fmt: skip
     output = (proc.stdout or "") + (proc.stderr or "")
     for line in output.splitlines()[-40:]:
         logger.info("torchrun: %s", line)

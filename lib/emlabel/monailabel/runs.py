@@ -401,18 +401,10 @@ class FollowerRun(MethodRun):
         self._check_open()
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix=f"emlabel-rank{self._rank}-"))
-        return self._scratch / f"{len(self._files)}-{Path(target).name}"
-
-    def stage_checkpoint(
-        self,
-        path: str | os.PathLike[str],
-        state_dict: dict[str, Any],
-        meta: dict[str, Any],
-        extra: dict[str, Any] | None = None,
-    ) -> str:
-        staged = self.stage_path(path, model=True)
-        self._files[str(staged)] = StagedFile(target=str(path), staged=str(staged), model=True)
-        return publish_checkpoint(staged, state_dict, meta, extra=extra)
+        target = Path(target).absolute()
+        staged = self._scratch / f"{len(self._files)}-{target.name}"
+        self._files[str(target)] = StagedFile(target=str(target), staged=str(staged), model=model)
+        return staged
 
     def add_version(self, image_id: str, label_file: str, provenance: Provenance) -> LabelVersion:
         self._check_open()

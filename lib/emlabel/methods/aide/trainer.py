@@ -6,10 +6,12 @@ network k writes its corrections into Lk, which the *other* network learns from.
 
 Every batch (B items, shuffled by seed, incomplete last batch dropped):
 
-1. consistency targets (q1, w1) of f1 and (q2, w2) of f2 (K augmented copies, no gradients;
-   :func:`~emlabel.methods.aide.augment.consistency_target`);
-2. per-sample losses l1 = Seg(f1(x), L2), l2 = Seg(f2(x), L1);
-3. f1's batch is split by l2 (the counterpart) into clean / suspected noisy, f2's by l1;
+1. per-sample losses l1 = Seg(f1(x), L2), l2 = Seg(f2(x), L1);
+2. f1's batch is split by l2 (the counterpart) into clean / suspected noisy, f2's by l1;
+3. consistency targets (q2, w2) of f2 on f1's noisy items and (q1, w1) of f1 on f2's (K
+   augmented copies, no gradients; :func:`~emlabel.methods.aide.augment.consistency_target`):
+   only the noisy items' targets enter a loss, so the clean ones' are not computed (half
+   the no-grad passes at ``filter_ratio`` 0.5; the spec computes them for the whole batch);
 4. loss_f1 = mean_clean(l1) + (1 - r) mean_noisy(l1)
              + consistency_weight * r * mean_{noisy, pixels, channels}(w2 (softmax f1(x) - q2)^2),
    symmetric for f2 with (q1, w1); one Adam (amsgrad) step per network; r = ramp(epoch0).
@@ -193,7 +195,8 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
         target: tuple[torch.Tensor, torch.Tensor] | None,
         r: float,
     ) -> torch.Tensor:
-        """mean_clean(Seg) + (1 - r) mean_noisy(Seg) + weight * r * consistency on noisy."""
+        """mean_clean(Seg) + (1 - r) mean_noisy(Seg) + weight * r * consistency on noisy
+        (``target``: the counterpart's (q, w) of the ``noisy`` items, in their order)."""
         zero = per_sample.sum() * 0.0
         loss = per_sample[clean].mean() if len(clean) else zero
         if len(noisy):
@@ -201,9 +204,7 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
             if target is not None:
                 q, w = target
                 probs = torch.softmax(logits[noisy], dim=1)
-                loss = loss + self.options.consistency_weight * r * consistency_loss(
-                    probs, q[noisy], w[noisy]
-                )
+                loss = loss + self.options.consistency_weight * r * consistency_loss(probs, q, w)
         return loss
 
     def _augment(self, x: torch.Tensor, *labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -243,10 +244,6 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
             y2 = self.labels2[idx]
             if o.train_augment:
                 x, y1, y2 = self._augment(x, y1, y2)
-            t1 = t2 = None
-            if need_targets:
-                t1 = consistency_target(self.f1, x, k=o.k_augment, rng=self.rng, options=o)
-                t2 = consistency_target(self.f2, x, k=o.k_augment, rng=self.rng, options=o)
             logits1 = self.f1(x)
             logits2 = self.f2(x)
             l1 = seg_loss_per_sample(logits1, y2)  # f1 learns from L2
@@ -258,6 +255,13 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
                 judged2 = filter_scores(logits1, y2, o.filter_criterion)
             clean1, noisy1 = split_clean_noisy(judged1, o.filter_ratio)  # judged by f2
             clean2, noisy2 = split_clean_noisy(judged2, o.filter_ratio)  # judged by f1
+            # the consistency targets, only where a loss uses them: f2's on f1's noisy items,
+            # f1's on f2's (the weights have not stepped yet: the same targets as before)
+            t1 = t2 = None
+            if need_targets and len(noisy1):
+                t2 = consistency_target(self.f2, x[noisy1], k=o.k_augment, rng=self.rng, options=o)
+            if need_targets and len(noisy2):
+                t1 = consistency_target(self.f1, x[noisy2], k=o.k_augment, rng=self.rng, options=o)
             loss1 = self._network_loss(l1, logits1, clean1, noisy1, t2, r)
             loss2 = self._network_loss(l2, logits2, clean2, noisy2, t1, r)
             self.opt1.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
-"""EMLabel's own routes (bundle export, statistics) and stock routes that do not apply.
+"""EMLabel's own routes (bundle export, statistics, the review page) and stock routes that
+do not apply.
 
 ``/proxy/dicom/...`` only exists in DICOMweb mode (stock MONAI Label answers 500 in folder
 mode) and ``/logs/gpu`` only where ``nvidia-smi`` exists; elsewhere both are a 404 with
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import BackgroundTasks, Body, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from monailabel.endpoints import ohif as stock_ohif
 from monailabel.endpoints import proxy as stock_proxy
 from monailabel.interfaces.utils.app import app_instance
@@ -54,6 +55,18 @@ def put_statistic(request: Request, image: str, body: Any = Body(...)) -> Any:
         raise InvalidRequestError("the body must be a JSON object")
     datastore = app_instance().datastore()
     return datastore.store_statistic(image, body, source="api", user=user_of(request))
+
+
+@http_errors
+def review_page() -> HTMLResponse:
+    """``GET /emlabel/review/``: the review queue (HTML): cases in the strategy's order with
+    their reasons, the budget, the reviews so far."""
+    from emlabel.methods.em import EMFiles
+    from emlabel.monailabel.review_page import render_review_page, review_queue
+
+    app = app_instance()
+    queue = review_queue(app.datastore(), settings=app.settings, files=EMFiles(app.model_dir))
+    return HTMLResponse(render_review_page(queue))
 
 
 async def proxy_dicom(request: Request, path: str) -> Response:
@@ -129,7 +142,7 @@ _NO_WSI = "EMLabel segments radiology volumes and images"
 ROUTES: dict[str, dict[str, Any]] = {
     "GET": {"/emlabel/bundle/{model}": export_bundle_zip, "/proxy/dicom/{path:path}": proxy_dicom,
             "/logs/gpu": gpu_info, "/logs/": get_logs, "/ohif/{path:path}": ohif_file,
-            "/datastore/dataset": download_dataset,
+            "/datastore/dataset": download_dataset, "/emlabel/review/": review_page,
             "/session/{session_id}": not_served("sessions", _NO_SESSIONS)},
     "PUT": {"/emlabel/stats": put_statistic, "/session/": not_served("sessions", _NO_SESSIONS)},
     "DELETE": {"/session/{session_id}": not_served("sessions", _NO_SESSIONS)},
