@@ -125,6 +125,8 @@ def main() -> int:
                     row = {"arm": arm} | arm_in_subprocess(lib, seed, args.quick)
                     rows.append(row)
                     print(f"seed {seed} {arm}: ratio {row['ratio']:.2f}", file=sys.stderr)
+                    partial = Path(args.out).with_suffix(".partial.json")
+                    write_json(partial, header | {"before": args.before, "rows": rows})
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(worktree)], check=False)  # fmt: skip
@@ -162,6 +164,7 @@ def main() -> int:
     write_json(out.with_suffix(".json"), header | {"before": args.before, "quick": args.quick,
                "rows": rows, "summary": summary})  # fmt: skip
     out.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     return 0
 
 
