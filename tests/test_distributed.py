@@ -220,3 +220,20 @@ def test_the_server_trains_in_two_processes_when_a_request_asks(tiny_studies, tm
         assert stats["state"] == "DONE" and stats["processes"] == 2 and stats["epochs"] == 2
         path, _ = client.infer("segmentation", "case_002", {})
         assert nib.load(path).shape == nib.load(tiny_studies / "case_002.nii.gz").shape
+
+
+def test_the_processes_option_is_bounded_and_needs_a_studies_folder():
+    import os
+
+    from emlabel.errors import InvalidRequestError
+    from emlabel.monailabel.launch import requested_processes, trainer_options
+
+    assert requested_processes({}) == 1 and requested_processes({"multi_gpu": True}) == 1
+    assert requested_processes({"processes": "2"}) == 2
+    for bad in (0, -1, (os.cpu_count() or 1) + 1, 1.5, True, "two", [2]):
+        with pytest.raises(InvalidRequestError, match="processes"):
+            requested_processes({"processes": bad})
+    with pytest.raises(InvalidRequestError, match="DICOMweb"):
+        requested_processes({"processes": 2}, dicomweb=True)
+    assert requested_processes({"processes": 1}, dicomweb=True) == 1
+    assert trainer_options({"processes": 2, "max_epochs": 1, "model": "x"}) == {"max_epochs": 1}

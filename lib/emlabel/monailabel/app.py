@@ -249,7 +249,8 @@ class EMLabelAppBase(MONAILabelApp):
 
         self.check_name("trainer", model, self._trainers)
         trainer = self._trainers[model]
-        processes = requested_processes(params or {})
+        dicomweb = self.studies.startswith(("http://", "https://"))
+        processes = requested_processes(params or {}, dicomweb=dicomweb)
         if processes > 1 and not getattr(trainer, "DISTRIBUTED", False):
             several = sorted(n for n, t in self._trainers.items() if getattr(t, "DISTRIBUTED", 0))
             raise InvalidRequestError(

@@ -34,13 +34,16 @@ def process_limit() -> int:
     return gpus if gpus > 0 else os.cpu_count() or 1
 
 
-def requested_processes(request: Mapping[str, Any]) -> int:
+def requested_processes(request: Mapping[str, Any], *, dicomweb: bool = False) -> int:
     """The request's ``processes`` (default 1; ``multi_gpu`` -> one per GPU), bounded:
-    a 400 for anything but an integer from 1 to :func:`process_limit`."""
+    a 400 for anything but an integer from 1 to :func:`process_limit`, and for more than
+    one in DICOMweb mode (the headless commands read a studies folder)."""
     raw = request.get(PROCESSES_KEY)
     if raw is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return gpus if request.get("multi_gpu") in (True, "true") and gpus > 1 else 1
+        return (
+            gpus if request.get("multi_gpu") in (True, "true") and gpus > 1 and not dicomweb else 1
+        )
     limit = process_limit()
     if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
         raise InvalidRequestError(f"train option '{PROCESSES_KEY}' must be an integer, not {raw!r}")
@@ -49,6 +52,11 @@ def requested_processes(request: Mapping[str, Any]) -> int:
         raise InvalidRequestError(
             f"train option '{PROCESSES_KEY}' must be from 1 to {limit} (one per "
             f"{'GPU' if torch.cuda.is_available() else 'CPU core'} here), not {value}"
+        )
+    if value > 1 and dicomweb:
+        raise InvalidRequestError(
+            f"train option '{PROCESSES_KEY}' above 1 needs a studies folder; this server reads "
+            "a DICOMweb server (run emlabel train under torchrun on a folder instead)"
         )
     return value
 
