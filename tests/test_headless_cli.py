@@ -39,6 +39,8 @@ def test_a_missing_studies_or_app_folder_is_refused_before_anything_runs(tmp_pat
     assert "studies folder" in capsys.readouterr().err
     assert main(["em", "--studies", str(tmp_path), "--app", str(tmp_path / "no-app")]) == 2
     assert "has no main.py" in capsys.readouterr().err
+    assert main(["score", "--studies", str(tmp_path), "--top", "-1"]) == 2
+    assert "--top must be 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.server

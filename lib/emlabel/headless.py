@@ -155,9 +155,9 @@ def cmd_em(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score the labels (as ``POST /scoring/{method}``); the least trusted first."""
-    app = open_app(args)
     if args.top < 0:
         raise InvalidRequestError(f"--top must be 0 or more, not {args.top}")
+    app = open_app(args)
     require_distributed(getattr(app, "_scoring_methods", {}).get(args.method), "scoring method",
                         args.method)  # fmt: skip
     with progress_bars():

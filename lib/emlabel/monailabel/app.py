@@ -252,7 +252,9 @@ class EMLabelAppBase(MONAILabelApp):
         dicomweb = self.studies.startswith(("http://", "https://"))
         processes = requested_processes(params or {}, dicomweb=dicomweb)
         if processes > 1 and not getattr(trainer, "DISTRIBUTED", False):
-            several = sorted(n for n, t in self._trainers.items() if getattr(t, "DISTRIBUTED", 0))
+            several = sorted(
+                n for n, t in self._trainers.items() if getattr(t, "DISTRIBUTED", False)
+            )
             raise InvalidRequestError(
                 f"trainer {model!r} trains in one process only; 'processes' is for "
                 f"{', '.join(several)}"

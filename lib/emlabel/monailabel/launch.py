@@ -28,10 +28,13 @@ logger = logging.getLogger(__name__)
 PROCESSES_KEY = "processes"
 
 
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def process_limit() -> int:
     """At most one process per GPU, or per CPU core without GPUs."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return gpus if gpus > 0 else os.cpu_count() or 1
+    return gpu_count() or os.cpu_count() or 1
 
 
 def requested_processes(request: Mapping[str, Any], *, dicomweb: bool = False) -> int:
@@ -40,10 +43,8 @@ def requested_processes(request: Mapping[str, Any], *, dicomweb: bool = False) -
     one in DICOMweb mode (the headless commands read a studies folder)."""
     raw = request.get(PROCESSES_KEY)
     if raw is None:
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return (
-            gpus if request.get("multi_gpu") in (True, "true") and gpus > 1 and not dicomweb else 1
-        )
+        multi_gpu = request.get("multi_gpu") in (True, "true") and not dicomweb
+        return gpu_count() if multi_gpu and gpu_count() > 1 else 1
     limit = process_limit()
     if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
         raise InvalidRequestError(f"train option '{PROCESSES_KEY}' must be an integer, not {raw!r}")
@@ -51,7 +52,7 @@ def requested_processes(request: Mapping[str, Any], *, dicomweb: bool = False) -
     if not 1 <= value <= limit:
         raise InvalidRequestError(
             f"train option '{PROCESSES_KEY}' must be from 1 to {limit} (one per "
-            f"{'GPU' if torch.cuda.is_available() else 'CPU core'} here), not {value}"
+            f"{'GPU' if gpu_count() else 'CPU core'} here), not {value}"
         )
     if value > 1 and dicomweb:
         raise InvalidRequestError(

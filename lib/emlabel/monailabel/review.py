@@ -94,15 +94,19 @@ class ReviewScan:
 
 
 def scan_reviews(
-    datastore: VersionedDatastore, *, iteration: int, records: Sequence[Mapping[str, Any]]
+    states: Mapping[str, tuple[dict[str, Any], Sequence[Any]]],
+    *,
+    iteration: int,
+    records: Sequence[Mapping[str, Any]],
 ) -> ReviewScan:
-    """One read of the datastore index: scores, who was served and reviewed, the budget base;
-    ``records`` (``model/em_reviews.json``) count the reviews done and how they were routed."""
+    """From one read of the datastore index (``datastore.image_states()``): scores, who was
+    served and reviewed, the budget base; ``records`` (``model/em_reviews.json``) count the
+    reviews done and how they were routed."""
     scores, served_now, reviewed = {}, set(), set()
     n_labeled = 0
     served = len(records)
     served_random = sum(r.get("routing") == Routing.RANDOM for r in records)
-    for image_id, (info, versions) in datastore.image_states().items():
+    for image_id, (info, versions) in states.items():
         n_labeled += best_version(versions, include_pseudo=True) is not None
         routed = info.get(REVIEW_INFO_KEY) or {}
         if "served" in routed and routed.get("iteration") == iteration:
@@ -129,7 +133,7 @@ def review_status(
     """``/info``'s ``emlabel_review``: this iteration's budget, the reviews so far by how they
     were routed, and how many labels are probably still wrong (:mod:`emlabel.verify.remaining`)."""
     records = files.load_reviews()
-    scan = scan_reviews(datastore, iteration=files.iteration() + 1, records=records)
+    scan = scan_reviews(datastore.image_states(), iteration=files.iteration() + 1, records=records)
     budget = budget_report(
         len(scan.served_now), budget_fraction=settings.review_budget, n_labeled=scan.n_labeled
     )
@@ -169,8 +173,9 @@ class VerifierStrategy(Strategy):
         self, request: dict[str, Any], datastore: VersionedDatastore
     ) -> dict[str, Any] | None:
         scan = scan_reviews(
-            datastore, iteration=self.files.iteration() + 1, records=self.files.load_reviews()
-        )
+            datastore.image_states(), iteration=self.files.iteration() + 1,
+            records=self.files.load_reviews(),
+        )  # fmt: skip
         budget_fraction = self.settings.review_budget
         budget = budget_report(
             len(scan.served_now), budget_fraction=budget_fraction, n_labeled=scan.n_labeled

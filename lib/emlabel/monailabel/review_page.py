@@ -63,7 +63,8 @@ def review_queue(
 ) -> ReviewQueue:
     """The queue in the strategy's order, and what was reviewed (one read of the index)."""
     records = files.load_reviews()
-    scan = scan_reviews(datastore, iteration=files.iteration() + 1, records=records)
+    states = datastore.image_states()
+    scan = scan_reviews(states, iteration=files.iteration() + 1, records=records)
     budget = budget_report(
         len(scan.served_now), budget_fraction=settings.review_budget, n_labeled=scan.n_labeled
     )
@@ -71,7 +72,6 @@ def review_queue(
         scan.scores, already_reviewed=scan.reviewed, budget_fraction=1.0,
         n_labeled=max(scan.n_labeled, len(scan.scores)),
     )  # fmt: skip
-    states = datastore.image_states()
     queue, reviewed, offered = [], [], 0
     for image_id in order:
         info = states[image_id][0]

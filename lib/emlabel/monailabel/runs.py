@@ -34,7 +34,9 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -396,8 +398,6 @@ class FollowerRun(MethodRun):
         )  # fmt: skip
 
     def stage_path(self, target: str | os.PathLike[str], *, model: bool = False) -> Path:
-        import tempfile
-
         self._check_open()
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix=f"emlabel-rank{self._rank}-"))
@@ -433,8 +433,6 @@ class FollowerRun(MethodRun):
         return None
 
     def _remove_scratch(self) -> None:
-        import shutil
-
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
