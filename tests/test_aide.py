@@ -22,6 +22,7 @@ from emlabel.methods.aide import (
     is_correction_epoch,
     label_dice,
     ramp,
+    sample_augment,
     seg_loss_per_sample,
     sharpen,
     split_clean_noisy,
@@ -29,6 +30,8 @@ from emlabel.methods.aide import (
     standardize_semi_supervised,
     undo_augment,
 )
+from emlabel.methods.aide.precision import resolve_precision
+from emlabel.methods.aide.trainer import _batch_dice
 from emlabel.nets import build_unet
 
 
@@ -107,6 +110,34 @@ def test_options_defaults_follow_the_spec_and_validation_names_the_field() -> No
         AIDEOptions(sharpen_temperature=0.0).validate()
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.seed = 1  # type: ignore[misc]
+
+
+def test_scaled_schedule_is_the_specs_at_100_epochs_and_shrinks_with_the_training() -> None:
+    spec = AIDEOptions()
+    assert spec.scaled_schedule(100) == spec
+    short = AIDEOptions(learning_rate=1e-3).scaled_schedule(30)
+    assert (short.max_epochs, short.warmup_epochs, short.correction_every, short.lr_step) == (
+        30, 6, 3, 9
+    )  # fmt: skip
+    assert short.learning_rate == 1e-3  # the rest is left as it was
+    assert AIDEOptions().scaled_schedule(2).correction_every == 1  # never 0
+
+
+def test_the_apps_aide_defaults_follow_the_apps_settings_and_a_requests_epochs(tmp_path) -> None:
+    from emlabel.learners.aide import default_aide_options
+    from emlabel.monailabel.aide import AIDETrainer3D
+    from emlabel.settings import AppSettings
+
+    settings = AppSettings(max_epochs=30, learning_rate=2e-3)
+    o = default_aide_options(settings)
+    assert (o.learning_rate, o.max_epochs, o.warmup_epochs, o.train_augment) == (2e-3, 30, 6, True)
+    task = AIDETrainer3D(model_path=str(tmp_path / "aide.pt"), settings=settings,
+                         segmentation_model_path=str(tmp_path / "s.pt"), description="t")  # fmt: skip
+    assert task.config()["warmup_epochs"] == 6
+    asked = task.parse_request({"max_epochs": 10})
+    assert (asked.max_epochs, asked.warmup_epochs, asked.correction_every) == (10, 2, 1)
+    kept = task.parse_request({"max_epochs": 10, "warmup_epochs": 7})
+    assert (kept.warmup_epochs, kept.correction_every) == (7, 1)
 
 
 def test_ramp_is_quadratic_and_saturates() -> None:
@@ -257,6 +288,79 @@ def test_consistency_target_of_a_pointwise_net_lands_on_the_original_grid() -> N
     disk = central_disk(h, w, 16.0)
     assert float((q - expected).abs()[:, :, disk].max()) < 0.02
     assert not q.requires_grad and float(wmap.min()) >= 0.0 and float(wmap.max()) <= 1.0
+
+
+class ShiftNet(torch.nn.Module):
+    """Logits of the neighbour to the right: not flip-equivariant, so a flipped copy's undone
+    prediction differs from the un-augmented one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.roll(x[:, :1], shifts=1, dims=-1) * 3.0
+        return torch.cat([-z, z], dim=1)
+
+
+def test_identity_copy_is_the_given_logits_and_only_k_minus_1_copies_are_drawn() -> None:
+    x = smooth_image(12, 16).repeat(3, 1, 1, 1) * 4 - 2
+    net = ShiftNet()
+    options = AIDEOptions(max_rotation_deg=0.0, flip_prob=1.0)  # every drawn copy: a flip
+    q, _ = consistency_target(net, x, k=2, rng=torch.Generator().manual_seed(0),
+                              options=options, identity_logits=net(x))  # fmt: skip
+    flipped = torch.softmax(net(x.flip(-1)).flip(-1), dim=1)
+    expected = 0.5 * (torch.softmax(net(x), dim=1) + flipped)
+    assert torch.allclose(q, expected, atol=1e-6)
+    # without the identity copy both copies are flips: a different target
+    q_spec, _ = consistency_target(net, x, k=2, rng=torch.Generator().manual_seed(0),
+                                   options=options)  # fmt: skip
+    assert torch.allclose(q_spec, flipped, atol=1e-6) and not torch.allclose(q_spec, expected)
+    # one generator draw per drawn copy: k - 1 copies leave the generator further back
+    g_id, g_spec = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    consistency_target(net, x, k=4, rng=g_id, options=options, identity_logits=net(x))
+    sample_augment(3 * 3, max_rotation_deg=0.0, flip_prob=1.0, rng=g_spec)
+    assert torch.equal(torch.rand(4, generator=g_id), torch.rand(4, generator=g_spec))
+
+
+def test_bfloat16_targets_and_predictions_stay_close_to_float32() -> None:
+    torch.manual_seed(0)
+    net = build_unet(spatial_dims=2, out_channels=2, channels=(4, 8))
+    x = smooth_image(32, 32).repeat(2, 1, 1, 1)
+    o = AIDEOptions()
+    q32, _ = consistency_target(net, x, k=3, rng=torch.Generator().manual_seed(0), options=o)
+    q16, _ = consistency_target(net, x, k=3, rng=torch.Generator().manual_seed(0), options=o,
+                                  precision="bfloat16")  # fmt: skip
+    assert q16.dtype == torch.float32 and float((q16 - q32).abs().max()) < 0.02
+    assert float((q16 - q32).abs().max()) > 0  # the passes did run in bfloat16
+    assert resolve_precision("auto", torch.device("cpu")) in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="valid: float32, bfloat16, auto"):
+        resolve_precision("half", torch.device("cpu"))
+    with pytest.raises(ValueError, match="no_grad_precision"):
+        AIDEOptions(no_grad_precision="half").validate()
+
+
+def test_batch_dice_equals_the_per_item_label_dice() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 9, 9, generator=g)
+    target = torch.randint(0, 3, (4, 9, 9), generator=g)
+    target[0] = 0  # class 1 and 2 absent from the target ...
+    logits[0, 0] += 100.0  # ... and from the prediction: Dice 1 for both classes
+    pred = logits.argmax(dim=1)
+    expected = sum(label_dice(pred[i], target[i], 3) for i in range(4)) / 4
+    assert _batch_dice(logits, target) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_trainer_with_the_apps_speed_options_trains_and_corrects() -> None:
+    images, labels = disks(8, 32)
+    options = AIDEOptions(batch_size=4, k_augment=3, warmup_epochs=1, learning_rate=1e-3,
+                          identity_copy=True, no_grad_precision="bfloat16", max_epochs=3)  # fmt: skip
+    trainer = AIDETrainer(
+        lambda: build_unet(spatial_dims=2, out_channels=2, channels=(4, 8)),
+        images,
+        labels,
+        options=options,
+    )
+    history = trainer.fit()
+    assert len(history) == 3 and all(math.isfinite(h.loss_f1) for h in history)
+    assert trainer.no_grad_precision == "bfloat16"
+    assert history[-1].ramp > 0  # the consistency term (with its targets) was in the loss
 
 
 def test_pixels_a_rotated_copy_did_not_see_do_not_vote_in_the_consistency_target() -> None:

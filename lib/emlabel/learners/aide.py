@@ -20,12 +20,27 @@ from emlabel.settings import AppSettings
 from emlabel.training.loading import LoadedSet, load_items
 
 
-def default_aide_options(settings: AppSettings) -> AIDEOptions:
-    """The app's AIDE defaults: training-time augmentation on (without it the consistency
-    term collapsed the networks in ``bench/aide.py``; bench/README.md)."""
-    return AIDEOptions(
-        max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2, train_augment=True
+def default_aide_options(settings: AppSettings, *, epochs: int | None = None) -> AIDEOptions:
+    """The app's AIDE defaults for a training of ``epochs`` (default the app's ``max_epochs``).
+
+    - training-time augmentation on: without it the consistency term collapsed the networks
+      in ``bench/aide.py`` (Shenzhen: 0.445 test Dice without, 0.909 with; bench/README.md);
+    - the app's learning rate, as the ``segmentation`` trainer's (the spec's 1e-4 is for its
+      100 epochs of a large set; with the app's few epochs the 3D networks stayed near
+      background: 0.07 test Dice in ``bench/campaign.py``);
+    - the spec's epoch schedules scaled to the epochs (:meth:`AIDEOptions.scaled_schedule`);
+    - the cheaper consistency targets: the training pass reused as one of the K copies, and
+      the no-gradient passes in bfloat16 where the hardware has it (``bench/aide_cost.py``).
+    """
+    options = AIDEOptions(
+        seed=settings.seed,
+        batch_size=2,
+        train_augment=True,
+        learning_rate=settings.learning_rate,
+        identity_copy=True,
+        no_grad_precision="auto",
     )
+    return options.scaled_schedule(epochs or settings.max_epochs)
 
 
 class AIDELearner(Learner):
@@ -36,7 +51,8 @@ class AIDELearner(Learner):
 
     def __init__(self, *, settings: AppSettings, options: AIDEOptions | None = None) -> None:
         self.settings = settings
-        self.options = options or default_aide_options(settings)
+        self.options = options
+        """Fixed options, or None: :func:`default_aide_options` for each fit's epochs."""
         self.multiple_of = 2 ** (len(settings.network_channels) - 1)
         self.ensemble = PairedSoftmaxEnsemble(
             segmentation_unet(settings), segmentation_unet(settings)
@@ -46,9 +62,14 @@ class AIDELearner(Learner):
 
     def fit(self, items: Sequence[EMItem], spec: FitSpec) -> dict[str, Any]:
         labeled = [item for item in items if item.label]
-        if len(labeled) < self.options.batch_size:
+        if self.options is None:
+            options = default_aide_options(self.settings, epochs=spec.epochs)
+        else:
+            options = dataclasses.replace(self.options, max_epochs=spec.epochs)
+        options = dataclasses.replace(options, seed=spec.seed)
+        if len(labeled) < options.batch_size:
             raise InvalidRequestError(
-                f"aide needs at least batch_size={self.options.batch_size} labeled images, "
+                f"aide needs at least batch_size={options.batch_size} labeled images, "
                 f"has {len(labeled)}"
             )
         data = load_items(
@@ -56,7 +77,6 @@ class AIDELearner(Learner):
             settings=self.settings,
             multiple_of=self.multiple_of,
         )
-        options = dataclasses.replace(self.options, max_epochs=spec.epochs, seed=spec.seed)
         self.trainer = AIDETrainer(
             lambda: segmentation_unet(self.settings),
             data.images,
@@ -80,7 +100,7 @@ class AIDELearner(Learner):
             for i in range(data.images.shape[0]):
                 image = data.images[i : i + 1]
                 out.append(
-                    [inferer(image, net).argmax(dim=1)[0].numpy().astype(np.uint8)
+                    [inferer(image, net).max(dim=1).indices[0].numpy().astype(np.uint8)
                      for net in self.ensemble.nets]
                 )  # fmt: skip
         return out

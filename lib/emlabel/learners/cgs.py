@@ -54,7 +54,7 @@ def specialists_label(out: torch.Tensor, k: int) -> torch.Tensor:
     mine = head_decisions(specialists)[0] == 1  # [K, *spatial]
     label = torch.zeros(out.shape[1:], dtype=torch.long)
     single = mine.sum(dim=0) == 1
-    label[single] = mine.long().argmax(dim=0)[single] + 1
+    label[single] = mine.long().max(dim=0).indices[single] + 1
     return label
 
 
@@ -106,7 +106,7 @@ class CGSLearner(Learner):
         with torch.no_grad():
             for i in range(data.images.shape[0]):
                 all_heads = inferer(data.images[i : i + 1], heads)[0]
-                generalist = all_heads[: k + 1].argmax(dim=0)
+                generalist = all_heads[: k + 1].max(dim=0).indices
                 out.append(
                     [generalist.numpy().astype(np.uint8),
                      specialists_label(all_heads, k).numpy().astype(np.uint8)]

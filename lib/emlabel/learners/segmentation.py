@@ -38,7 +38,7 @@ def argmax_labels(
         for i in range(data.images.shape[0]):
             x = data.images[i : i + 1]
             logits = inferer(x, net) if inferer is not None else net(x)
-            out.append(logits[:, :channels].argmax(dim=1)[0].numpy().astype(np.uint8))
+            out.append(logits[:, :channels].max(dim=1).indices[0].numpy().astype(np.uint8))
     return out
 
 
@@ -88,7 +88,7 @@ class SegmentationLearner(Learner):
                     x = torch.flip(image, axes) if axes else image
                     logits = inferer(x, self.network)
                     logits = torch.flip(logits, axes) if axes else logits
-                    members.append(logits.argmax(dim=1)[0].numpy().astype(np.uint8))
+                    members.append(logits.max(dim=1).indices[0].numpy().astype(np.uint8))
                 out.append(members)
         return out
 

@@ -25,7 +25,9 @@ from emlabel.errors import InvalidRequestError
 from emlabel.labels import LabelKind, Provenance
 from emlabel.labels.provenance import now_iso
 from emlabel.learners import load_learner
+from emlabel.learners.aide import default_aide_options
 from emlabel.methods.aide import AIDEOptions, AIDETrainer, EpochStats, LabelUpdate, label_dice
+from emlabel.methods.aide.options import SPEC_SCHEDULE_FRACTIONS
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.runs import MethodRun
 from emlabel.monailabel.tasks import OptionsTrainTask, VolumeInferTask
@@ -71,11 +73,15 @@ class AIDETrainer3D(OptionsTrainTask):
         self.segmentation_model_path = Path(segmentation_model_path)
 
     def default_options(self, settings: AppSettings) -> Any:
-        # train_augment on: without it the consistency term collapses the networks
-        # (bench/aide.py, Shenzhen: 0.445 test Dice without, 0.909 with; bench/README.md).
-        return AIDEOptions(
-            max_epochs=settings.max_epochs, seed=settings.seed, batch_size=2, train_augment=True
-        )
+        return default_aide_options(settings)
+
+    def parse_request(self, request: dict[str, Any]) -> AIDEOptions:
+        """The request's options; the epoch schedules it does not set follow its
+        ``max_epochs`` (:meth:`AIDEOptions.scaled_schedule`)."""
+        options = super().parse_request(request)
+        scaled = options.scaled_schedule(options.max_epochs)
+        given = {k: getattr(options, k) for k in SPEC_SCHEDULE_FRACTIONS if k in request}
+        return dataclasses.replace(scaled, **given)
 
     # ------------------------------------------------------------------ run
     def __call__(self, request: dict[str, Any], datastore: VersionedDatastore) -> dict[str, Any]:
@@ -260,7 +266,7 @@ class SplitPairedd(mt.MapTransform):
         d = dict(data)
         log_mean, p1, p2 = split_paired_output(d["pred"], self.num_classes)
         d["pred"] = log_mean
-        value = 1.0 - label_dice(p1.argmax(dim=0), p2.argmax(dim=0), self.num_classes)
+        value = 1.0 - label_dice(p1.max(dim=0).indices, p2.max(dim=0).indices, self.num_classes)
         info = {"disagreement": round(float(value), 6), "model": model_ref(self.model_path)}
         info["time"] = now_iso()
         d["result"] = dict(d.get("result") or {}) | {

@@ -17,6 +17,7 @@ from fastapi import HTTPException
 from monailabel.config import settings as ml_settings
 from monailabel.interfaces.app import MONAILabelApp
 
+from emlabel.allocator import keep_freed_memory
 from emlabel.atomic import atomic_write_json
 from emlabel.data.validation import check_image_id
 from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError
@@ -42,6 +43,7 @@ class EMLabelAppBase(MONAILabelApp):
         description: str,
         version: str,
     ) -> None:
+        keep_freed_memory()  # every server process trains or infers on CPU tensors
         conf = dict(conf or {})
         try:
             effective = effective_settings(

@@ -216,7 +216,7 @@ class IHEDScoring(ScoringMethod):
 
 def ihed_summary(out: torch.Tensor, k: int, names: tuple[str, ...]) -> dict[str, Any]:
     """Fraction of foreground voxels failing IHED, overall and per generalist class."""
-    generalist = out[: k + 1].argmax(dim=0)
+    generalist = out[: k + 1].max(dim=0).indices
     specialists = [out[k + 1 + 3 * j : k + 4 + 3 * j][None] for j in range(k)]
     decisions = head_decisions(specialists)
     consistent = ihed_consistent(decisions)[0]

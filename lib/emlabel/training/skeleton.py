@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from emlabel.allocator import keep_freed_memory
 from emlabel.progress import advance
 
 S = TypeVar("S")
@@ -58,6 +59,7 @@ class EpochTrainer(abc.ABC, Generic[S]):
         Resumes after the epochs already run; ``on_epoch`` gets each epoch's statistics.
         Returns the whole history.
         """
+        keep_freed_memory()
         total = self.max_epochs if max_epochs is None else max_epochs
         for epoch0 in range(len(self.history), total):
             stats = self.after_epoch(epoch0, self.train_epoch(epoch0))

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from emlabel.methods.aide.options import AIDEOptions
+from emlabel.methods.aide.precision import autocast
 
 FLIP_AXIS = 1
 """Spatial axis (0-based, after the channel axis) flipped by the augmentation."""
@@ -143,6 +144,8 @@ def consistency_target(
     k: int,
     rng: torch.Generator,
     options: AIDEOptions,
+    identity_logits: torch.Tensor | None = None,
+    precision: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """AIDE's consistency target (q, w) of a batch ``x`` ``[B, C_in, *spatial]``.
 
@@ -152,20 +155,40 @@ def consistency_target(
     averaged over the copies that saw each pixel: q = sum_k v_k softmax(undo_k(f(augment_k(x))))
     / sum_k v_k with v_k = [undo_k(augment_k(1)) > 0.5] (see the module docstring);
     optionally sharpened with ``options.sharpen_temperature``; w = :func:`confidence_weight` (q).
+
+    ``identity_logits`` ``[B, C, *spatial]``: the network's logits of ``x`` itself, already
+    computed (``AIDEOptions.identity_copy``); they are copy 1 (v = 1 everywhere) and only K - 1
+    copies are drawn and predicted. ``precision`` (``"float32"`` or ``"bfloat16"``): of the
+    forward pass (:mod:`emlabel.methods.aide.precision`).
     Returns ``q`` ``[B, C, *spatial]`` and ``w`` ``[B, *spatial]``.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     b = x.shape[0]
-    params = sample_augment(
-        k * b, max_rotation_deg=options.max_rotation_deg, flip_prob=options.flip_prob, rng=rng
-    )
-    copies = x.repeat(k, *([1] * (x.ndim - 1)))  # copy j of item i sits at j * B + i
+    drawn = k - 1 if identity_logits is not None else k
+    probs_parts, seen_parts = [], []
     with torch.no_grad():
-        logits = undo_augment(net(apply_augment(copies, params)), params)
-        probs = torch.softmax(logits, dim=1)
-        seen = torch.ones_like(copies[:, :1])
-        seen = (undo_augment(apply_augment(seen, params), params) > 0.5).to(probs.dtype)
+        if identity_logits is not None:
+            probs_parts.append(torch.softmax(identity_logits.detach().float(), dim=1))
+            seen_parts.append(torch.ones_like(x[:, :1]))
+        if drawn:
+            params = sample_augment(
+                drawn * b,
+                max_rotation_deg=options.max_rotation_deg,
+                flip_prob=options.flip_prob,
+                rng=rng,
+            )
+            copies = x.repeat(drawn, *([1] * (x.ndim - 1)))  # copy j of item i: j * B + i
+            # a ones channel rides along to mark what each copy saw (one grid per direction)
+            moved = apply_augment(torch.cat([copies, torch.ones_like(copies[:, :1])], 1), params)
+            c_in = x.shape[1]
+            with autocast(precision, x.device):
+                raw = net(moved[:, :c_in])
+            back = undo_augment(torch.cat([raw.float(), moved[:, c_in:]], dim=1), params)
+            probs_parts.append(torch.softmax(back[:, :-1], dim=1))
+            seen_parts.append((back[:, -1:] > 0.5).float())
+        probs = torch.cat(probs_parts)
+        seen = torch.cat(seen_parts).to(probs.dtype)
         votes = (probs * seen).view(k, b, *probs.shape[1:]).sum(dim=0)
         coverage = seen.view(k, b, *seen.shape[1:]).sum(dim=0)
         uniform = torch.full_like(votes, 1.0 / probs.shape[1])

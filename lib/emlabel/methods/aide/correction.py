@@ -23,6 +23,7 @@ from monai.transforms import KeepLargestConnectedComponent
 from monai.utils import convert_to_tensor
 
 from emlabel.methods.aide.filtering import fraction_count
+from emlabel.methods.aide.precision import autocast
 from emlabel.metrics import dice
 
 
@@ -58,23 +59,26 @@ def predict_labels(
     *,
     batch_size: int = 4,
     keep_largest_component: bool = False,
+    precision: str = "float32",
 ) -> tuple[torch.Tensor, int]:
     """Hard argmax prediction ``[N, *spatial]`` of every item in eval mode, and C.
 
     The network's train/eval mode is restored afterwards. With ``keep_largest_component``
     each foreground class keeps only its largest connected component (MONAI's
-    ``KeepLargestConnectedComponent``, independently per class).
+    ``KeepLargestConnectedComponent``, independently per class). ``precision``
+    (``"float32"`` or ``"bfloat16"``): of the forward passes
+    (:mod:`emlabel.methods.aide.precision`).
     """
     was_training = net.training
     net.eval()
     chunks: list[torch.Tensor] = []
     num_classes = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, images.device):
             for start in range(0, images.shape[0], batch_size):
                 logits = net(images[start : start + batch_size])
                 num_classes = logits.shape[1]
-                chunks.append(logits.argmax(dim=1))
+                chunks.append(logits.max(dim=1).indices)
     finally:
         net.train(was_training)
     if not chunks:

@@ -5,8 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from emlabel.methods.aide.precision import PRECISIONS
+
 FILTER_CRITERIA: tuple[str, ...] = ("seg", "ce")
 """Per-sample losses the filter can rank by: the spec's Seg (CE + soft Dice) or CE alone."""
+
+SPEC_SCHEDULE_FRACTIONS: dict[str, float] = {
+    "warmup_epochs": 0.2,
+    "correction_every": 0.1,
+    "lr_step": 0.3,
+}
+"""The spec's epoch schedules (warm-up 20, a correction every 10, an LR step every 30 of its
+100 epochs) as fractions of the training, for :meth:`AIDEOptions.scaled_schedule`."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,8 +66,27 @@ class AIDEOptions:
     least as close to it as to the label it replaces (see ``counterpart_confirms``)."""
     keep_largest_component: bool = False
     """Keep only the largest connected component of a prediction before it replaces a label."""
+    identity_copy: bool = False
+    """Our addition: the first of the K copies of the consistency target is the un-augmented
+    item, whose logits the counterpart's training pass has already computed (detached; the
+    same values a no-gradient pass gives, the networks not having stepped yet), so a target
+    costs K - 1 forward passes. The spec draws all K copies at random."""
+    no_grad_precision: str = "float32"
+    """Our addition: precision of the no-gradient passes (consistency copies, correction
+    predictions): "float32" (the spec), "bfloat16" (autocast) or "auto" (bfloat16 where the
+    device computes it natively; :mod:`emlabel.methods.aide.precision`). Training passes
+    stay float32."""
     seed: int = 0
     """Seed of the weight initialisation, the batch order and the augmentation."""
+
+    def scaled_schedule(self, epochs: int) -> AIDEOptions:
+        """These options for a training of ``epochs`` epochs, with the spec's epoch schedules
+        scaled to it (:data:`SPEC_SCHEDULE_FRACTIONS`; each at least 1): at 100 epochs they are
+        the spec's. Without the scaling a short training stays in the warm-up throughout and
+        runs a global correction (a prediction of every item by both networks) after every
+        epoch."""
+        scaled = {name: max(1, round(f * epochs)) for name, f in SPEC_SCHEDULE_FRACTIONS.items()}
+        return dataclasses.replace(self, max_epochs=epochs, **scaled)
 
     def validate(self) -> None:
         """Check value ranges; raises ``ValueError`` naming the first offending field.
@@ -74,6 +103,7 @@ class AIDEOptions:
             and self.sharpen_temperature > 0.0,
             "filter_ratio": 0.0 <= self.filter_ratio <= 1.0,
             "filter_criterion": self.filter_criterion in FILTER_CRITERIA,
+            "no_grad_precision": self.no_grad_precision in PRECISIONS,
             "consistency_weight": math.isfinite(self.consistency_weight)
             and self.consistency_weight >= 0.0,
             "warmup_epochs": self.warmup_epochs >= 0,

@@ -12,6 +12,8 @@ Every batch (B items, shuffled by seed, incomplete last batch dropped):
    augmented copies, no gradients; :func:`~emlabel.methods.aide.augment.consistency_target`):
    only the noisy items' targets enter a loss, so the clean ones' are not computed (half
    the no-grad passes at ``filter_ratio`` 0.5; the spec computes them for the whole batch);
+   with ``identity_copy`` the first copy is the un-augmented item, whose logits step 1
+   computed, and ``no_grad_precision`` may run the passes in bfloat16;
 4. loss_f1 = mean_clean(l1) + (1 - r) mean_noisy(l1)
              + consistency_weight * r * mean_{noisy, pixels, channels}(w2 (softmax f1(x) - q2)^2),
    symmetric for f2 with (q1, w1); one Adam (amsgrad) step per network; r = ramp(epoch0).
@@ -42,6 +44,7 @@ from emlabel.methods.aide.correction import (
 from emlabel.methods.aide.filtering import filter_scores, split_clean_noisy
 from emlabel.methods.aide.losses import consistency_loss, seg_loss_per_sample
 from emlabel.methods.aide.options import AIDEOptions
+from emlabel.methods.aide.precision import resolve_precision
 from emlabel.methods.aide.schedule import is_correction_epoch, ramp
 from emlabel.training.skeleton import EpochTrainer
 
@@ -92,11 +95,23 @@ class LabelUpdate:
     """The label written (CPU, uint8), so a caller can store every correction as a version."""
 
 
+INFERENCE_VOXELS = 2**18
+"""Voxels per no-gradient prediction batch (16 images of 128 px; one volume of 64^3)."""
+
+
 def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean Dice of the hard predictions of a training batch to its targets."""
-    pred = logits.detach().argmax(dim=1)
-    c = logits.shape[1]
-    return sum(label_dice(p, t, c) for p, t in zip(pred, target, strict=True)) / len(pred)
+    """Mean Dice of the hard predictions of a training batch to its targets, as
+    :func:`label_dice` per item (foreground classes averaged; 1 when both are empty),
+    computed on the batch at once (per item in numpy it took a tenth of AIDE's time)."""
+    pred = logits.detach().max(dim=1).indices.flatten(1)
+    target = target.flatten(1)
+    per_class = []
+    for c in range(1, logits.shape[1]):
+        a, b = pred == c, target == c
+        both = (a & b).sum(dim=1).double()
+        total = (a.sum(dim=1) + b.sum(dim=1)).double()
+        per_class.append(torch.where(total > 0, 2.0 * both / total.clamp_min(1.0), 1.0))
+    return float(torch.stack(per_class).mean(dim=0).mean())
 
 
 class AIDETrainer(EpochTrainer["EpochStats"]):
@@ -143,6 +158,8 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
             raise ValueError(f"hq_mask must be [N] = [{n}], got {tuple(hq_mask.shape)}")
 
         self.device = torch.device(device)
+        self.no_grad_precision = resolve_precision(self.options.no_grad_precision, self.device)
+        """float32 or bfloat16: the consistency copies' and correction predictions' passes."""
         self.images = images.float().to(self.device)
         self.labels1 = labels.long().clone().to(self.device)
         """L1: written by f1's corrections, learned by f2."""
@@ -220,8 +237,31 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
         out = [apply_augment(x, params)]
         for y in labels:
             one_hot = torch.nn.functional.one_hot(y, self.num_classes).movedim(-1, 1).float()
-            out.append(apply_augment(one_hot, params).argmax(dim=1))
+            out.append(apply_augment(one_hot, params).max(dim=1).indices)
         return tuple(out)
+
+    def _inference_batch_size(self) -> int:
+        """Items per no-gradient prediction batch: as many as hold :data:`INFERENCE_VOXELS`
+        voxels (at most 16, at least the training batch): on CPU a 128 px 2D UNet predicts
+        an item of a batch of 16 in 0.7x the time of one of a batch of 4."""
+        per_item = max(1, self.images[0, 0].numel())
+        return max(self.options.batch_size, min(16, INFERENCE_VOXELS // per_item))
+
+    def _target(
+        self, net: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``net``'s consistency target of ``x``; ``logits``: its training pass on ``x``,
+        reused as the un-augmented copy when ``identity_copy`` is on."""
+        o = self.options
+        return consistency_target(
+            net,
+            x,
+            k=o.k_augment,
+            rng=self.rng,
+            options=o,
+            identity_logits=logits if o.identity_copy else None,
+            precision=self.no_grad_precision,
+        )
 
     def train_epoch(self, epoch0: int) -> EpochStats:
         """One epoch of both networks (0-based ``epoch0`` sets the ramp); StepLR steps once."""
@@ -259,9 +299,9 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
             # f1's on f2's (the weights have not stepped yet: the same targets as before)
             t1 = t2 = None
             if need_targets and len(noisy1):
-                t2 = consistency_target(self.f2, x[noisy1], k=o.k_augment, rng=self.rng, options=o)
+                t2 = self._target(self.f2, x[noisy1], logits2[noisy1])
             if need_targets and len(noisy2):
-                t1 = consistency_target(self.f1, x[noisy2], k=o.k_augment, rng=self.rng, options=o)
+                t1 = self._target(self.f1, x[noisy2], logits1[noisy2])
             loss1 = self._network_loss(l1, logits1, clean1, noisy1, t2, r)
             loss2 = self._network_loss(l2, logits2, clean2, noisy2, t1, r)
             self.opt1.zero_grad(set_to_none=True)
@@ -305,8 +345,9 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
             k: predict_labels(
                 net,
                 self.images,
-                batch_size=o.batch_size,
+                batch_size=self._inference_batch_size(),
                 keep_largest_component=o.keep_largest_component,
+                precision=self.no_grad_precision,
             )
             for k, net in ((1, self.f1), (2, self.f2))
         }
@@ -391,5 +432,5 @@ class AIDETrainer(EpochTrainer["EpochStats"]):
         p1 = self._probs(self.f1, images)
         p2 = self._probs(self.f2, images)
         c = p1.shape[1]
-        a, b = p1.argmax(dim=1), p2.argmax(dim=1)
+        a, b = p1.max(dim=1).indices, p2.max(dim=1).indices
         return torch.tensor([1.0 - label_dice(a[i], b[i], c) for i in range(a.shape[0])])

@@ -35,7 +35,7 @@ def head_decisions(specialist_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
     for out in specialist_outputs:
         if out.ndim < 3 or out.shape[1] != 3:
             raise ValueError(f"specialist outputs must be [N, 3, *spatial], got {tuple(out.shape)}")
-    return torch.stack([out.argmax(dim=1) for out in specialist_outputs], dim=1)
+    return torch.stack([out.max(dim=1).indices for out in specialist_outputs], dim=1)
 
 
 def ihed_consistent(decisions: torch.Tensor) -> torch.Tensor:
@@ -67,4 +67,4 @@ def specialist_fused(prob_list: Sequence[torch.Tensor]) -> torch.Tensor:
         raise ValueError("need at least one specialist probability map")
     background = torch.stack([p[:, BACKGROUND] for p in prob_list], dim=1).mean(dim=1)
     scores = torch.stack([background, *(p[:, OWN] for p in prob_list)], dim=1)
-    return scores.argmax(dim=1)
+    return scores.max(dim=1).indices

@@ -208,7 +208,7 @@ class CGSTrainer(EpochTrainer[dict[str, float]]):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class map ``[N, *spatial]`` of the teacher's generalist head (what is validated)."""
         self.teacher.eval()
-        return self.teacher(images.to(self.device)).argmax(dim=1)
+        return self.teacher(images.to(self.device)).max(dim=1).indices
 
     def serving_model(self) -> nn.Module:
         """The teacher's generalist-only network (a plain U-Net) in eval mode."""

@@ -26,7 +26,7 @@ def area_matched_labels(probs: torch.Tensor, targets: ImageTargets) -> torch.Ten
     if probs.ndim < 3:
         raise ValueError(f"probs must be [K + 1, *spatial], got {tuple(probs.shape)}")
     targets.check_shape(probs.shape[1:])
-    labels = probs.argmax(dim=0)
+    labels = probs.max(dim=0).indices
     claimed = torch.zeros_like(labels, dtype=torch.bool)
     sized = sorted(
         (st for st in targets.structures if st.area_mm is not None),

@@ -272,7 +272,7 @@ class StatsTrainer(EpochTrainer["StatsEpochStats"]):
 
     def predict_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Hard label maps ``[N, *spatial]`` (argmax of :meth:`predict`)."""
-        return self.predict(images).argmax(dim=1)
+        return self.predict(images).max(dim=1).indices
 
 
 def _area_errors(
@@ -280,7 +280,7 @@ def _area_errors(
 ) -> tuple[list[float], list[float]]:
     """|size - A| / A of the hard and the soft masks, per (image, structure) with a size."""
     probs = torch.softmax(logits, dim=1)
-    hard_labels = logits.argmax(dim=1)
+    hard_labels = logits.max(dim=1).indices
     hard: list[float] = []
     soft: list[float] = []
     for i, t in enumerate(targets):
