@@ -66,7 +66,6 @@ from emlabel.methods.aide import (
     seg_loss_per_sample,
     standardize_semi_supervised,
 )
-from emlabel.methods.aide.options import SPEC_SCHEDULE_FRACTIONS
 from emlabel.metrics import binary_metrics, dice
 from emlabel.nets import build_unet
 
@@ -87,9 +86,11 @@ class Budget:
     batch_size: int
     learning_rate: float
     channels: tuple[int, ...]
-    warmup_fraction: float = SPEC_SCHEDULE_FRACTIONS["warmup_epochs"]
-    correction_every_fraction: float = SPEC_SCHEDULE_FRACTIONS["correction_every"]
-    lr_step_fraction: float = SPEC_SCHEDULE_FRACTIONS["lr_step"]
+    # the spec's (emlabel.methods.aide.options.SPEC_SCHEDULE_FRACTIONS; written out here so
+    # bench/aide_cost.py can run this module against an earlier library)
+    warmup_fraction: float = 0.2
+    correction_every_fraction: float = 0.1
+    lr_step_fraction: float = 0.3
     correction_start_fraction: float = 0.0
     """First correction after this fraction of the epochs (0 = the spec: from epoch 1)."""
     train_augment: bool = False

@@ -395,7 +395,8 @@ class Campaign:
             "bad_label_fraction": quality["bad_fraction"],
             "labeled": quality["labeled"],
             "em": {k: stats["iterations"][-1].get(k) for k in
-                   ("accepted", "corrected", "queued", "verifier", "remaining_errors")},
+                   ("accepted", "corrected", "queued", "verifier", "remaining_errors",
+                    "e_step_seconds", "m_step_seconds")},
             "operating_point": stats.get("operating_point"),
             "train_seconds": round(train_s, 1),
         }  # fmt: skip
