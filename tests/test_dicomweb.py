@@ -232,3 +232,62 @@ def test_a_fresh_cache_rebuilds_the_versions_from_orthanc(dicomweb, tmp_path):
         observer = getattr(store, "_observer", None)
         if observer is not None:
             observer.stop()
+
+
+def store_altered_seg(stack, tmp_path: Path, name: str, change) -> str:
+    """Store in Orthanc, as another client would, a copy of case_000's SEG altered by
+    ``change(dataset)`` (a new series); its series UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = seg_file(stack, stack.uploaded["case_000"].seg_series_uid, tmp_path / f"{name}-0.dcm")
+    ds = pydicom.dcmread(src)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    change(ds)
+    out = tmp_path / f"{name}.dcm"
+    ds.save_as(out)
+    request = urllib.request.Request(f"{stack.orthanc.url}/instances", data=out.read_bytes(),
+                                     method="POST", headers={"Content-Type": "application/dicom"})  # fmt: skip
+    with urllib.request.urlopen(request) as r:
+        assert r.status == 200
+    return str(ds.SeriesInstanceUID)
+
+
+def test_segs_that_cannot_be_labels_are_not_taken_in_and_the_review_page_shows_why(
+    dicomweb, client, tmp_path
+):
+    import time
+
+    def rename(ds) -> None:  # a structure the app does not have
+        ds.SegmentSequence[0].SegmentLabel = "tumour"
+
+    def move_away(ds) -> None:  # 5 m off: not on the image's grid
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            position = frame.PlanePositionSequence[0]
+            position.ImagePositionPatient = [
+                float(v) + 5000.0 for v in position.ImagePositionPatient
+            ]
+
+    def erase(ds) -> None:  # every frame blank
+        ds.PixelData = bytes(len(ds.PixelData))
+
+    before = all_labels(client)
+    uids = {name: store_altered_seg(dicomweb, tmp_path, name, change)
+            for name, change in (("unknown", rename), ("offgrid", move_away), ("empty", erase))}  # fmt: skip
+    deadline = time.monotonic() + 60  # the server's SEG listing is cached for a few seconds
+    while True:
+        with urllib.request.urlopen(f"{dicomweb.server.url}/emlabel/review/") as r:
+            section = r.read().decode("utf-8").split("<h2>Labels not taken in</h2>", 1)[1]
+        if all(uid in section for uid in uids.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert uids["unknown"] in section and "named &#x27;tumour&#x27;" in section, section
+    assert uids["offgrid"] in section and "does not lie on its image" in section, section
+    assert uids["empty"] in section and "no labeled voxel" in section, section
+    assert all_labels(client) == before  # none became a version
+    # judged once: a training's sync neither takes them in nor judges them again
+    train_sync(dicomweb.server, max_epochs=1)
+    assert {k: set(v) for k, v in all_labels(client).items()} == {
+        k: set(v) for k, v in before.items()
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,25 @@ def test_the_review_page_escapes_what_the_datastore_holds_and_links_studies_to_o
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "StudyInstanceUIDs=1.2.3%26x" in page and "not meaningful yet" in page
     assert "review budget 0 of 1 used" in page and "next" in page
+    assert "Every label stored on the DICOMweb server was taken in." in page
+
+    from emlabel.dicomweb.intake import SegProblem
+
+    problem = SegProblem(seg_series_uid="9.9", image_id="1.5", study_uid="1.2",
+                         reason=f"segment 1 is named '{hostile}'")  # fmt: skip
+    page = render_review_page(dataclasses.replace(queue, problems=[problem]))
+    assert "<script>" not in page and "segment 1 is named &#x27;&lt;script&gt;" in page
+    assert "<code>9.9</code>" in page and "StudyInstanceUIDs=1.2" in page
+
+
+def test_seg_problems_are_kept_in_one_file_and_a_damaged_file_starts_afresh(tmp_path):
+    from emlabel.dicomweb.intake import SegProblem, load_problems, record_problem
+
+    path = tmp_path / "problems.json"
+    assert load_problems(path) == {}
+    a = SegProblem(seg_series_uid="1", image_id="i", study_uid="s", reason="empty")
+    b = SegProblem(seg_series_uid="2", image_id="i", study_uid="s", reason="off grid")
+    record_problem(path, a)
+    assert load_problems(record_problem(path, b) and path) == {"1": a, "2": b}
+    path.write_text("{not json", encoding="utf-8")
+    assert load_problems(path) == {}

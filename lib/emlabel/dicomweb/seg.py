@@ -66,6 +66,16 @@ def present_values(label_path: str | Path) -> list[int]:
     return [int(v) for v in np.unique(array) if v != 0]
 
 
+MIN_ON_GRID = 0.5
+"""Share of a SEG's labeled volume (mm^3) that must fall inside its image after resampling."""
+
+
+def _labeled_volume(image: sitk.Image) -> float:
+    """Labeled volume in mm^3: non-zero voxels times the voxel volume."""
+    count = int(np.count_nonzero(sitk.GetArrayViewFromImage(image)))
+    return count * float(np.prod(image.GetSpacing()))
+
+
 def seg_to_label(
     seg_file: str | Path,
     reference_image: str | Path,
@@ -75,8 +85,12 @@ def seg_to_label(
 ) -> Path:
     """Write the label map of a DICOM-SEG file on the grid of ``reference_image``.
 
-    Segments are matched to label values by their SegmentLabel (case-insensitive); a SEG
-    with a segment EMLabel does not know, or with overlapping segments, is refused.
+    Segments are matched to label values by their SegmentLabel (case-insensitive). Refused
+    (:class:`InvalidLabelError`): a SEG with a segment EMLabel does not know, with
+    overlapping segments, with no labeled voxel, or whose labeled volume does not lie on the
+    image's grid (less than :data:`MIN_ON_GRID` of it after resampling: a SEG of another
+    image, or in another frame of reference). A SEG holding only some frames (OHIF stores the
+    painted ones) lies on the grid and is resampled onto the whole image.
     """
     import pydicom
     import pydicom_seg
@@ -100,12 +114,21 @@ def seg_to_label(
     values = np.zeros(segments.shape, np.uint8)
     for number, value in mapping.items():
         values[segments == number] = value
+    if not values.any():
+        raise InvalidLabelError(f"DICOM-SEG {Path(seg_file).name} holds no labeled voxel")
     seg_image = sitk.GetImageFromArray(values)
     seg_image.CopyInformation(result.image)
     reference = sitk.ReadImage(str(reference_image))
     on_grid = sitk.Resample(
         seg_image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
     )
+    share = _labeled_volume(on_grid) / _labeled_volume(seg_image)
+    if share < MIN_ON_GRID:
+        raise InvalidLabelError(
+            f"DICOM-SEG {Path(seg_file).name} does not lie on its image's grid: "
+            f"{share:.0%} of its labeled volume is inside the image (another image's SEG, or "
+            "another frame of reference?)"
+        )
     out = Path(out_path)
     sitk.WriteImage(on_grid, str(out), True)
     return out

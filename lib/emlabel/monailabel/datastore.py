@@ -38,6 +38,7 @@ from emlabel.data.validation import (
     check_image_id,
     validate_label_file,
 )
+from emlabel.dicomweb.intake import SegProblem
 from emlabel.distributed import world
 from emlabel.errors import ConflictError, EMLabelError, InvalidRequestError, NotFoundError
 from emlabel.labels import (
@@ -130,6 +131,11 @@ class VersionedDatastore(LocalDatastore):
                 continue
             found.append(LabelVersion(image_id=image_id, tag=tag, provenance=provenance))
         return sorted(found, key=lambda v: v.version)
+
+    def intake_problems(self) -> list[SegProblem]:
+        """Labels another tool stored that were not taken in, and why (DICOMweb mode). None
+        for a studies folder: its labels arrive through the validated routes only."""
+        return []
 
     def image_states(self) -> dict[str, tuple[dict[str, Any], list[LabelVersion]]]:
         """Every image's info and label versions from one read of the index (a scan over all

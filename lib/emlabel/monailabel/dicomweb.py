@@ -44,9 +44,16 @@ from emlabel.atomic import atomic_copy
 from emlabel.data.label_values import to_class_indices
 from emlabel.data.validation import check_image_id, validate_label_file
 from emlabel.dicomweb.dcmqi import ensure_dcmqi
+from emlabel.dicomweb.intake import PROBLEMS_FILE, SegProblem, load_problems, record_problem
 from emlabel.dicomweb.seg import seg_to_label
 from emlabel.dicomweb.upload import write_seg
-from emlabel.errors import EMLabelError, InvalidRequestError, NotFoundError, UpstreamError
+from emlabel.errors import (
+    EMLabelError,
+    InvalidLabelError,
+    InvalidRequestError,
+    NotFoundError,
+    UpstreamError,
+)
 from emlabel.labels import LabelKind, LabelVersion, Provenance
 from emlabel.labels.versions import FINAL_TAG
 from emlabel.monailabel.datastore import TMP_DIR_NAME, VersionedDatastore
@@ -91,6 +98,9 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
         self._listings: dict[str, tuple[float, Any]] = {}
         self._seg_refs: dict[str, SegRef] = {}
         self._bad_segs: dict[str, str] = {}
+        """SEGs that failed for a passing reason (download), not retried in this process."""
+        self._problems_path = datastore_path / PROBLEMS_FILE
+        """SEGs refused for their content (:mod:`emlabel.dicomweb.intake`), never retried."""
         # MONAI Label's constructor; it builds the LocalDatastore on the cache folder.
         DICOMWebDatastore.__init__(
             self,
@@ -315,13 +325,15 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
         """Store SEGs on the server that no cached version came from as ``final`` versions.
 
         SEGs of one image are stored oldest first, so the newest is the final and earlier
-        ones are archived versions. A SEG that cannot be used is logged and skipped.
+        ones are archived versions. A SEG that cannot be used is logged and skipped; one
+        refused for its content (unknown segment name, nothing labeled, not on its image's
+        grid) is also recorded for the review page (:meth:`intake_problems`).
         """
         images = set(self.list_images())
         stored = []
         with FileLock(self._sync_lock):
             self._init_from_datastore_file()
-            known = self._known_seg_uids()
+            known = self._known_seg_uids() | set(load_problems(self._problems_path))
             todo = [
                 ref
                 for ref in self.remote_segs()
@@ -332,10 +344,20 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
             for ref in sorted(todo, key=lambda r: (r.created, r.series_uid)):
                 try:
                     stored.append(self._import_seg(ref))
+                except InvalidLabelError as e:
+                    problem = SegProblem(seg_series_uid=ref.series_uid, image_id=ref.image_id,
+                                         study_uid=ref.study_uid, reason=e.message)  # fmt: skip
+                    record_problem(self._problems_path, problem)
+                    logger.warning("DICOM-SEG %s not taken in: %s", ref.series_uid, e.message)
                 except EMLabelError as e:
                     self._bad_segs[ref.series_uid] = e.message
                     logger.warning("DICOM-SEG %s not used: %s", ref.series_uid, e.message)
         return stored
+
+    def intake_problems(self) -> list[SegProblem]:
+        """The SEGs on the server that were not taken in, oldest first (after a sync)."""
+        self.sync_labels()
+        return sorted(load_problems(self._problems_path).values(), key=lambda p: p.time)
 
     def _import_seg(self, ref: SegRef) -> LabelVersion:
         from monailabel.datastore.utils.dicom import dicom_web_download_series

@@ -4,7 +4,8 @@ What the ``verifier`` strategy would hand out, in its order (least trusted label
 the first ``budget remaining`` of them fit this iteration's budget), each with its score,
 its top reasons, the structure in doubt and the label under review; the cases served but
 not saved yet; the cases reviewed so far with their outcome; the budget, the random share
-and how many labels are probably still wrong. In DICOMweb mode each case links to its study
+and how many labels are probably still wrong; and (DICOMweb mode) the SEGs a viewer stored
+that were not taken in, with the reason. In DICOMweb mode each case links to its study
 in OHIF. Everything shown comes from the datastore and is HTML-escaped (image ids and
 reasons are data, never markup). Rendered by the server; no JavaScript.
 """
@@ -17,6 +18,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from emlabel.dicomweb.intake import SegProblem
 from emlabel.methods.em import EMFiles, random_reviews
 from emlabel.monailabel.datastore import VersionedDatastore
 from emlabel.monailabel.review import REVIEW_INFO_KEY, VERIFIER_INFO_KEY, scan_reviews
@@ -56,6 +58,8 @@ class ReviewQueue:
     remaining: dict[str, Any]
     queue: list[QueuedCase]
     reviewed: list[ReviewedCase]
+    problems: list[SegProblem] = dataclasses.field(default_factory=list)
+    """Labels another tool stored that were not taken in (DICOMweb mode), oldest first."""
 
 
 def review_queue(
@@ -107,6 +111,7 @@ def review_queue(
     return ReviewQueue(
         iteration=scan.iteration, budget=budget.to_dict(), random_share=settings.review_random_share,
         remaining=estimate.to_dict(), queue=queue, reviewed=reviewed,
+        problems=datastore.intake_problems(),
     )  # fmt: skip
 
 
@@ -159,6 +164,16 @@ def render_review_page(queue: ReviewQueue, *, ohif_viewer: str = "/ohif/viewer")
         rows, "No unreviewed label has a verifier score yet.",
     )  # fmt: skip
     done_table = _table(["image", "reviewed", "outcome", "routing"], done, "No review saved yet.")
+    problem_rows = [
+        f"<tr><td>{_study_link(p.image_id, p.study_uid, ohif_viewer)}</td>"
+        f"<td><code>{_e(p.seg_series_uid)}</code></td><td>{_e(p.reason)}</td>"
+        f"<td>{_e(p.time)}</td></tr>"
+        for p in queue.problems
+    ]
+    problem_table = _table(
+        ["image", "DICOM-SEG series", "why it was not taken in", "found"], problem_rows,
+        "Every label stored on the DICOMweb server was taken in.",
+    )  # fmt: skip
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8"><title>EMLabel review queue</title>',
@@ -175,6 +190,12 @@ def render_review_page(queue: ReviewQueue, *, ohif_viewer: str = "/ohif/viewer")
         queue_table,
         "<h2>Reviewed</h2>",
         done_table,
+        "<h2>Labels not taken in</h2>",
+        "<p>Segmentations saved from a viewer that EMLabel could not use; fix and save again "
+        "(a new save is a new series).</p>"
+        if queue.problems
+        else "",
+        problem_table,
         "</body></html>",
     ]
     return "\n".join(parts)
