@@ -291,3 +291,67 @@ def test_segs_that_cannot_be_labels_are_not_taken_in_and_the_review_page_shows_w
     assert {k: set(v) for k, v in all_labels(client).items()} == {
         k: set(v) for k, v in before.items()
     }
+
+
+def test_a_routed_label_goes_to_orthanc_for_review_and_a_viewers_edit_of_it_is_the_review(
+    dicomweb, client, tmp_path
+):
+    """The label under review is put in Orthanc as a SEG (never taken in: machine output);
+    a viewer that loads it, erases part and saves a new SEG gives the final and the review."""
+    import time
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.test_em_server import post_json
+
+    manifest = json.loads((dicomweb.studies / "emlabel_demo" / "manifest.json").read_text())
+    case_id, case = next((k, c) for k, c in sorted(manifest["cases"].items())
+                         if c.get("noisy") and c["role"] != "final" and k != LABELED_IMAGE)  # fmt: skip
+    series = dicomweb.series(case_id)
+    client.save_label(series, str(dicomweb.studies / case["noisy"]), tag="noisy")
+    train_sync(dicomweb.server, max_epochs=1)
+    code, scores = post_json(f"{dicomweb.server.url}/scoring/verifier?run_sync=true")
+    assert code == 200 and series in scores, scores
+
+    sample = client.next_sample("verifier", {})
+    assert sample["id"] == series and sample["label_tag"] == "noisy"
+    offered = sample["review_seg"]
+    assert offered["SeriesDescription"] == "EMLabel noisy for review"
+    on_server = find_series(dicomweb.orthanc.url, SeriesInstanceUID=offered["SeriesInstanceUID"])
+    assert len(on_server) == 1  # in Orthanc, in the image's study
+    assert offered["StudyInstanceUID"] == dicomweb.study(case_id)
+    machine_seg = pydicom.dcmread(
+        seg_file(dicomweb, offered["SeriesInstanceUID"], tmp_path / "m.dcm")
+    )
+    assert machine_seg.SeriesDescription == "EMLabel noisy for review"
+
+    # the viewer: load it, erase the second half of its frames, save as a new SEG
+    edited = machine_seg.copy()
+    half = len(edited.PixelData) // 2
+    edited.PixelData = edited.PixelData[:half] + bytes(len(edited.PixelData) - half)
+    edited.SeriesInstanceUID = generate_uid()
+    edited.SOPInstanceUID = edited.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    edited.ContentCreatorName = "annotator^ohif"
+    edited.SeriesDescription = "Segmentation"
+    out = tmp_path / "edited.dcm"
+    edited.save_as(out)
+    request = urllib.request.Request(f"{dicomweb.orthanc.url}/instances", data=out.read_bytes(),
+                                     method="POST", headers={"Content-Type": "application/dicom"})  # fmt: skip
+    urllib.request.urlopen(request).close()
+
+    deadline = time.monotonic() + 60  # taken in on the next sync after the listing cache
+    while "final" not in labels_of(client, series) and time.monotonic() < deadline:
+        urllib.request.urlopen(f"{dicomweb.server.url}/emlabel/review/").close()  # syncs
+        time.sleep(2)
+    final = labels_of(client, series)["final"]["info"]
+    assert final["SeriesInstanceUID"] == str(edited.SeriesInstanceUID)  # the edit, not the offer
+    assert final["emlabel"]["source"] == "dicomweb" and final["emlabel"]["kind"] == "human"
+    review = client.datastore()["objects"][series]["image"]["info"]["emlabel.review"]
+    assert "reviewed" in review and 0.0 < review["dice"] < 1.0, review
+    assert review["was_wrong"] is (review["dice"] < 0.9)  # review_wrong_dice
+    records = json.loads((dicomweb.server.app_dir / "model" / "em_reviews.json").read_text())
+    assert [r["image_id"] for r in records] == [series]
+    # the machine label's SEG itself never became a version
+    uids = {v["info"].get("SeriesInstanceUID") for v in labels_of(client, series).values()}
+    assert offered["SeriesInstanceUID"] not in uids

@@ -21,11 +21,24 @@ from emlabel.errors import InvalidLabelError
 
 SERIES_DESCRIPTION = "EMLabel final label"
 
+REVIEW_CREATOR = "EMLabel (machine label for review)"
+"""ContentCreatorName of the SEGs EMLabel puts on the server for a review: they hold
+machine output, so EMLabel never takes them in as human labels. A viewer that saves an
+edited copy writes a new SEG with its own creator, which is taken in as the review."""
 
-def segment_infos(values: Sequence[int], labels: Sequence[str]) -> list[dict[str, Any]]:
+
+def review_description(tag: str) -> str:
+    """SeriesDescription of the SEG of the label version ``tag`` sent to review."""
+    return f"EMLabel {tag} for review"
+
+
+def segment_infos(
+    values: Sequence[int], labels: Sequence[str], *, description: str = SERIES_DESCRIPTION
+) -> list[dict[str, Any]]:
     """``label_info`` for MONAI Label's ``nifti_to_dicom_seg``: one entry per present value.
 
-    ``labels[v - 1]`` names value ``v`` (0 is background and has no segment).
+    ``labels[v - 1]`` names value ``v`` (0 is background and has no segment); ``description``
+    becomes the SEG's SeriesDescription.
     """
     infos = []
     for value in values:
@@ -36,14 +49,15 @@ def segment_infos(values: Sequence[int], labels: Sequence[str]) -> list[dict[str
             {
                 "name": name,
                 "description": f"{name} (EMLabel label value {value})",
-                "model_name": SERIES_DESCRIPTION,
+                "model_name": description,
             }
         )
     return infos
 
 
-def stamp_creation_time(seg_file: str | Path) -> None:
-    """Give a SEG's series and content times microseconds (dcmqi writes whole seconds).
+def stamp_creation_time(seg_file: str | Path, *, creator: str | None = None) -> None:
+    """Give a SEG's series and content times microseconds (dcmqi writes whole seconds), and
+    (``creator``) its ContentCreatorName.
 
     Two finals saved within one second must still sort in the order they were saved when
     a cache is rebuilt from the server.
@@ -57,6 +71,8 @@ def stamp_creation_time(seg_file: str | Path) -> None:
     for prefix in ("Series", "Content", "InstanceCreation"):
         setattr(dataset, f"{prefix}Date", now.strftime("%Y%m%d"))
         setattr(dataset, f"{prefix}Time", now.strftime("%H%M%S.%f"))
+    if creator is not None:
+        dataset.ContentCreatorName = creator
     dataset.save_as(str(seg_file))
 
 

@@ -19,7 +19,12 @@ from pydicom import dcmread
 
 from emlabel.dicomweb.dcmqi import ensure_dcmqi
 from emlabel.dicomweb.orthanc import OrthancError, seg_references, upload_instance
-from emlabel.dicomweb.seg import present_values, segment_infos, stamp_creation_time
+from emlabel.dicomweb.seg import (
+    SERIES_DESCRIPTION,
+    present_values,
+    segment_infos,
+    stamp_creation_time,
+)
 from emlabel.dicomweb.series import SeriesIds, write_dicom_series
 from emlabel.errors import NotFoundError
 
@@ -55,18 +60,27 @@ def final_label(studies: Path, image_id: str) -> Path | None:
     return None
 
 
-def write_seg(series_dir: Path, label: Path, labels: Sequence[str]) -> Path | None:
-    """DICOM-SEG of ``label`` referencing the series in ``series_dir`` (None: empty label)."""
+def write_seg(
+    series_dir: Path,
+    label: Path,
+    labels: Sequence[str],
+    *,
+    description: str = SERIES_DESCRIPTION,
+    creator: str | None = None,
+) -> Path | None:
+    """DICOM-SEG of ``label`` referencing the series in ``series_dir`` (None: empty label),
+    with SeriesDescription ``description`` and (``creator``) ContentCreatorName."""
     from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 
     ensure_dcmqi()
     values = present_values(label)
     if not values:
         return None
-    out = nifti_to_dicom_seg(str(series_dir), str(label), segment_infos(values, labels))
+    infos = segment_infos(values, labels, description=description)
+    out = nifti_to_dicom_seg(str(series_dir), str(label), infos)
     if not out or not Path(out).is_file() or Path(out).stat().st_size == 0:
         raise OrthancError(f"itkimage2segimage could not convert {label.name} to DICOM-SEG")
-    stamp_creation_time(out)
+    stamp_creation_time(out, creator=creator)
     return Path(out)
 
 

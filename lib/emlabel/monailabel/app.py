@@ -7,6 +7,7 @@ server; every request entry point here checks its input first.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -126,6 +127,8 @@ class EMLabelAppBase(MONAILabelApp):
                 datastore = dicomweb_datastore(self.studies, settings=self.settings)
             except EMLabelError as e:
                 raise SystemExit(f"EMLabel: DICOMweb datastore: {e.message}") from e
+            # a SEG saved from a viewer on a routed image is its review, as a REST save is
+            datastore.on_final_taken_in = functools.partial(self._record_review, datastore)
         else:
             datastore = VersionedDatastore(
                 self.studies,
@@ -423,18 +426,22 @@ class EMLabelAppBase(MONAILabelApp):
         result = super().on_save_label(image_id, label_id) or {}
         datastore = self.datastore()
         if isinstance(datastore, VersionedDatastore):
-            from emlabel.methods.em import EMFiles
-            from emlabel.monailabel.review import record_review
-
-            review = record_review(
-                datastore, image_id, settings=self.settings, files=EMFiles(self.model_dir)
-            )
+            review = self._record_review(datastore, image_id)
             if review is not None:
                 result["review"] = {
                     "was_wrong": review["image_wrong"],
                     "dice_to_machine_label": review["dice"],
                 }
         return result
+
+    def _record_review(self, datastore: VersionedDatastore, image_id: str) -> dict | None:
+        """The review record of a new human final on ``image_id``, if it was routed."""
+        from emlabel.methods.em import EMFiles
+        from emlabel.monailabel.review import record_review
+
+        return record_review(
+            datastore, image_id, settings=self.settings, files=EMFiles(self.model_dir)
+        )
 
     def on_init_complete(self) -> None:
         super().on_init_complete()

@@ -132,6 +132,11 @@ class VersionedDatastore(LocalDatastore):
             found.append(LabelVersion(image_id=image_id, tag=tag, provenance=provenance))
         return sorted(found, key=lambda v: v.version)
 
+    def offer_for_review(self, image_id: str, tag: str) -> dict[str, Any] | None:
+        """Make the label version under review openable in a viewer (DICOMweb mode: a SEG on
+        the server); nothing to do for a studies folder, whose labels a viewer loads by tag."""
+        return None
+
     def intake_problems(self) -> list[SegProblem]:
         """Labels another tool stored that were not taken in, and why (DICOMweb mode). None
         for a studies folder: its labels arrive through the validated routes only."""

@@ -45,7 +45,7 @@ from emlabel.data.label_values import to_class_indices
 from emlabel.data.validation import check_image_id, validate_label_file
 from emlabel.dicomweb.dcmqi import ensure_dcmqi
 from emlabel.dicomweb.intake import PROBLEMS_FILE, SegProblem, load_problems, record_problem
-from emlabel.dicomweb.seg import seg_to_label
+from emlabel.dicomweb.seg import REVIEW_CREATOR, review_description, seg_to_label
 from emlabel.dicomweb.upload import write_seg
 from emlabel.errors import (
     EMLabelError,
@@ -55,6 +55,7 @@ from emlabel.errors import (
     UpstreamError,
 )
 from emlabel.labels import LabelKind, LabelVersion, Provenance
+from emlabel.labels.provenance import now_iso
 from emlabel.labels.versions import FINAL_TAG
 from emlabel.monailabel.datastore import TMP_DIR_NAME, VersionedDatastore
 from emlabel.settings import AppSettings
@@ -63,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SYNC_SOURCE = "dicomweb"
+REVIEW_SEG_INFO_KEY = "emlabel.review_seg"
+"""Image info: the SEG of the label under review on the server (:meth:`offer_for_review`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +77,9 @@ class SegRef:
     image_id: str
     created: str
     """SeriesDate + SeriesTime, to store SEGs of one image oldest first."""
+    machine: bool = False
+    """EMLabel's own SEG of a machine label sent to review (:data:`REVIEW_CREATOR`): never
+    taken in as a label."""
 
 
 class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
@@ -101,6 +107,9 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
         """SEGs that failed for a passing reason (download), not retried in this process."""
         self._problems_path = datastore_path / PROBLEMS_FILE
         """SEGs refused for their content (:mod:`emlabel.dicomweb.intake`), never retried."""
+        self.on_final_taken_in: Callable[[str], Any] | None = None
+        """Called with the image id after a SEG became its final (the app records the review
+        of a routed image, as for a final saved over REST)."""
         # MONAI Label's constructor; it builds the LocalDatastore on the cache folder.
         DICOMWebDatastore.__init__(
             self,
@@ -176,6 +185,7 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
             study_uid=study,
             image_id=str(referenced[0].SeriesInstanceUID),
             created=f"{ds.get('SeriesDate', '')}{ds.get('SeriesTime', '')}",
+            machine=str(meta.get("ContentCreatorName", "")) == REVIEW_CREATOR,
         )
 
     # ------------------------------------------------------------------ images
@@ -287,6 +297,17 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
             raise UpstreamError(f"could not convert the label to DICOM-SEG: {e}") from e
         if seg is None:
             return {"dicom_seg": "none: an empty label has no segment to store as DICOM-SEG"}
+        ref = self._store_seg(seg, image_id)
+        logger.info("final label of %s stored as DICOM-SEG %s", image_id, ref.series_uid)
+        return {
+            "SeriesInstanceUID": ref.series_uid,
+            "StudyInstanceUID": ref.study_uid,
+            "Modality": "SEG",
+            "dicomweb": self.base_url,
+        }
+
+    def _store_seg(self, seg: Path, image_id: str, *, machine: bool = False) -> SegRef:
+        """Send a SEG file to the server (STOW-RS; the file is removed) and remember it."""
         try:
             dataset = dcmread(str(seg))
             try:
@@ -302,16 +323,38 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
             study_uid=str(dataset.StudyInstanceUID),
             image_id=image_id,
             created=f"{dataset.get('SeriesDate', '')}{dataset.get('SeriesTime', '')}",
+            machine=machine,
         )
         self._seg_refs[ref.series_uid] = ref
         self._listings.pop("segs", None)
-        logger.info("final label of %s stored as DICOM-SEG %s", image_id, ref.series_uid)
-        return {
-            "SeriesInstanceUID": ref.series_uid,
-            "StudyInstanceUID": ref.study_uid,
-            "Modality": "SEG",
-            "dicomweb": self.base_url,
-        }
+        return ref
+
+    def offer_for_review(self, image_id: str, tag: str) -> dict[str, Any] | None:
+        """Put the label version ``tag`` of an image sent to review on the server as a SEG
+        (SeriesDescription ``EMLabel <tag> for review``, ContentCreatorName
+        :data:`REVIEW_CREATOR`), so the annotator corrects it in the viewer instead of
+        painting from nothing; once per version. None for an empty label."""
+        info = self.get_image_info(image_id).get(REVIEW_SEG_INFO_KEY) or {}
+        if info.get("tag") == tag and info.get("SeriesInstanceUID"):
+            return info
+        label = Path(self.get_label_uri(image_id, tag))
+        try:
+            seg = write_seg(self.series_dir(image_id), label, self._settings.labels,
+                            description=review_description(tag), creator=REVIEW_CREATOR)  # fmt: skip
+        except EMLabelError:
+            raise
+        except Exception as e:
+            raise UpstreamError(f"could not convert label {tag} to DICOM-SEG: {e}") from e
+        if seg is None:
+            return None
+        ref = self._store_seg(seg, image_id, machine=True)
+        record = {"tag": tag, "SeriesInstanceUID": ref.series_uid,
+                  "StudyInstanceUID": ref.study_uid, "SeriesDescription": review_description(tag),
+                  "time": now_iso()}  # fmt: skip
+        self.update_image_info(image_id, {REVIEW_SEG_INFO_KEY: record})
+        logger.info("label %s of %s put on the server for review as DICOM-SEG %s",
+                    tag, image_id, ref.series_uid)  # fmt: skip
+        return record
 
     def _known_seg_uids(self) -> set[str]:
         return {
@@ -338,6 +381,7 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
                 ref
                 for ref in self.remote_segs()
                 if ref.image_id in images
+                and not ref.machine
                 and ref.series_uid not in known
                 and ref.series_uid not in self._bad_segs
             ]
@@ -349,9 +393,13 @@ class VersionedDICOMWebDatastore(VersionedDatastore, DICOMWebDatastore):
                                          study_uid=ref.study_uid, reason=e.message)  # fmt: skip
                     record_problem(self._problems_path, problem)
                     logger.warning("DICOM-SEG %s not taken in: %s", ref.series_uid, e.message)
+                    continue
                 except EMLabelError as e:
                     self._bad_segs[ref.series_uid] = e.message
                     logger.warning("DICOM-SEG %s not used: %s", ref.series_uid, e.message)
+                    continue
+                if self.on_final_taken_in is not None:
+                    self.on_final_taken_in(ref.image_id)
         return stored
 
     def intake_problems(self) -> list[SegProblem]:

@@ -18,6 +18,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from emlabel.atomic import atomic_write_json
 from emlabel.data.label_files import read_label
+from emlabel.errors import EMLabelError
 from emlabel.labels import LabelKind
 from emlabel.labels.provenance import now_iso
 from emlabel.labels.resolver import best_version
@@ -207,6 +208,13 @@ class VerifierStrategy(Strategy):
         served_info = {"iteration": scan.iteration, "served": now_iso(),
                        "score": verdict["score"], "routing": routing.value}  # fmt: skip
         datastore.update_image_info(image_id, {REVIEW_INFO_KEY: served_info})
+        review_seg = None
+        if verdict.get("label_tag"):
+            try:  # the label under review, openable in the viewer (DICOMweb: a SEG)
+                review_seg = datastore.offer_for_review(image_id, verdict["label_tag"])
+            except EMLabelError as e:  # the review still works over REST
+                logger.warning("label under review of %s not put on the server: %s",
+                               image_id, e.message)  # fmt: skip
         reasons = verdict.get("reasons", [])
         reason = "; ".join(reasons[:1]) or "highest verifier score"
         if routing == Routing.RANDOM:
@@ -223,4 +231,6 @@ class VerifierStrategy(Strategy):
             "routing": routing.value,
             "budget": {"used": budget.used + 1, "budget": budget.budget,
                        "iteration": scan.iteration},
+            "label_tag": verdict.get("label_tag"),
+            "review_seg": review_seg,
         }  # fmt: skip
